@@ -1,0 +1,253 @@
+"""Settings for the agent-events service, read from the environment.
+
+Every value has a default that works on a laptop (SQLite file, in-memory
+channel layer, debug on). With ``DJANGO_DEBUG`` off the service refuses to
+start without a real secret key.
+"""
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (true/false), got {raw!r}")
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from None
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+DEBUG = env_bool("DJANGO_DEBUG", True)
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY is required when DJANGO_DEBUG is off.")
+    SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"  # noqa: S105 (debug only)
+
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "channels",
+    "notifications",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Database. SQLite gets IMMEDIATE transactions so that concurrent writers queue
+# on the write lock instead of failing to upgrade a read lock, and WAL so that
+# readers do not block the writer.
+DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": env_int("SQLITE_BUSY_TIMEOUT_SECONDS", 20),
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    # Tests talk to a real server subprocess, so the test database must be a
+    # file that both processes open, not an in-memory one.
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".test-db.sqlite3")}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# Channel layer. Unset REDIS_URL: in-memory, one process only. Set: the
+# channels-redis pub/sub layer (CHANNEL_LAYER=pubsub, the default) or the
+# list-based core layer (CHANNEL_LAYER=core). Either way redis-py's socket
+# timeout is raised above the layer's 5 s blocking read, so idle connections
+# are not torn down by a read timeout, and the core layer gets a pool that
+# waits for a free connection instead of failing at 100.
+REDIS_URL = env_str("REDIS_URL", "")
+CHANNEL_LAYER = env_str("CHANNEL_LAYER", "pubsub")
+REDIS_SOCKET_TIMEOUT_SECONDS = env_float("REDIS_SOCKET_TIMEOUT_SECONDS", 15.0)
+REDIS_SOCKET_CONNECT_TIMEOUT_SECONDS = env_float("REDIS_SOCKET_CONNECT_TIMEOUT_SECONDS", 2.0)
+REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 1000)
+REDIS_POOL_TIMEOUT_SECONDS = env_float("REDIS_POOL_TIMEOUT_SECONDS", 5.0)
+REDIS_BRPOP_TIMEOUT_SECONDS = env_float("REDIS_BRPOP_TIMEOUT_SECONDS", 5.0)
+if REDIS_SOCKET_TIMEOUT_SECONDS <= REDIS_BRPOP_TIMEOUT_SECONDS:
+    raise ImproperlyConfigured(
+        "REDIS_SOCKET_TIMEOUT_SECONDS must exceed REDIS_BRPOP_TIMEOUT_SECONDS, "
+        "or idle connections die with a Redis TimeoutError."
+    )
+
+if not REDIS_URL:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+elif CHANNEL_LAYER == "pubsub":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
+                        "socket_connect_timeout": REDIS_SOCKET_CONNECT_TIMEOUT_SECONDS,
+                    }
+                ],
+                "prefix": env_str("CHANNEL_LAYER_PREFIX", "agentevents"),
+            },
+        }
+    }
+elif CHANNEL_LAYER == "core":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "notifications.layers.RedisCoreChannelLayer",
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
+                        "socket_connect_timeout": REDIS_SOCKET_CONNECT_TIMEOUT_SECONDS,
+                        "max_connections": REDIS_MAX_CONNECTIONS,
+                        "timeout": REDIS_POOL_TIMEOUT_SECONDS,
+                    }
+                ],
+                "prefix": env_str("CHANNEL_LAYER_PREFIX", "agentevents"),
+                "brpop_timeout_seconds": REDIS_BRPOP_TIMEOUT_SECONDS,
+                "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1000),
+                "expiry": env_int("CHANNEL_LAYER_EXPIRY_SECONDS", 60),
+            },
+        }
+    }
+else:
+    raise ImproperlyConfigured(f"CHANNEL_LAYER must be 'pubsub' or 'core', got {CHANNEL_LAYER!r}")
+
+# REST framework and JWT.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework_simplejwt.authentication.JWTAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PAGINATION_CLASS": None,
+}
+SIMPLE_JWT = {
+    "ACCESS_TOKEN_LIFETIME": timedelta(seconds=env_int("JWT_ACCESS_LIFETIME_SECONDS", 300)),
+    "REFRESH_TOKEN_LIFETIME": timedelta(seconds=env_int("JWT_REFRESH_LIFETIME_SECONDS", 86400)),
+    "UPDATE_LAST_LOGIN": False,
+}
+
+# WebSocket protocol limits. Tests shorten the intervals through the same
+# variables; see docs/protocol.md for what each one means to a client.
+WS_HEARTBEAT_SECONDS = env_float("WS_HEARTBEAT_SECONDS", 25.0)
+WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 64 * 1024)
+WS_RATE_LIMIT_MESSAGES = env_int("WS_RATE_LIMIT_MESSAGES", 20)
+WS_RATE_LIMIT_PER_SECONDS = env_float("WS_RATE_LIMIT_PER_SECONDS", 1.0)
+WS_RATE_LIMIT_BURST = env_int("WS_RATE_LIMIT_BURST", 40)
+WS_RATE_LIMIT_STRIKES = env_int("WS_RATE_LIMIT_STRIKES", 10)
+WS_REPLAY_BATCH_SIZE = env_int("WS_REPLAY_BATCH_SIZE", 500)
+# Origins allowed to open a WebSocket from a browser; "*" allows any. By
+# default the same hosts as ALLOWED_HOSTS, on any scheme and port.
+WS_ALLOWED_ORIGINS = env_list("WS_ALLOWED_ORIGINS", ALLOWED_HOSTS)
+
+EVENTS_PAGE_MAX = env_int("EVENTS_PAGE_MAX", 500)
+EVENTS_PAGE_DEFAULT = env_int("EVENTS_PAGE_DEFAULT", 100)
+
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        # channels-redis logs dropped group messages at INFO; the log fills
+        # those gaps, but an operator should still see that it happened.
+        "channels_redis": {"level": "INFO"},
+        "daphne": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,29 @@
+"""Errors raised by the notifications app."""
+
+
+class NotificationsError(Exception):
+    """Base class for this app's errors."""
+
+
+class InvalidEventType(NotificationsError, ValueError):
+    """The event name is not one of the lifecycle events."""
+
+
+class ProtocolError(NotificationsError, ValueError):
+    """A client message broke the WebSocket protocol.
+
+    ``code`` is the ``error`` frame's code, ``detail`` its human-readable text.
+    """
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+class AuthenticationFailed(NotificationsError):
+    """A token was missing, malformed, forged, expired or for no active user."""
+
+
+class InvalidEventData(NotificationsError, ValueError):
+    """The event's run id, agent or data cannot be stored."""

@@ -1,0 +1,69 @@
+"""The durable per-user event log."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class EventType(models.TextChoices):
+    AGENT_STARTED = "agent_started"
+    AGENT_THINKING = "agent_thinking"
+    TOOL_EXECUTING = "tool_executing"
+    TOOL_COMPLETED = "tool_completed"
+    AGENT_COMPLETED = "agent_completed"
+    AGENT_ERROR = "agent_error"
+
+
+class Stream(models.Model):
+    """One user's position in the log: the last seq written and the last acked.
+
+    Writers lock this row to take the next seq, so concurrent writers for one
+    user queue here rather than race on ``MAX(seq)``.
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        primary_key=True,
+        on_delete=models.CASCADE,
+        related_name="event_stream",
+    )
+    last_seq = models.PositiveBigIntegerField(default=0)
+    acked_seq = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"stream of user {self.user_id} at {self.last_seq} (acked {self.acked_seq})"
+
+
+class Event(models.Model):
+    """One lifecycle event of one user's agent run; ``published_at`` null means pending."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveBigIntegerField()
+    event = models.CharField(max_length=32, choices=EventType.choices)
+    run_id = models.UUIDField()
+    agent = models.CharField(max_length=100)
+    data = models.JSONField(default=dict)
+    created_at = models.DateTimeField()
+    published_at = models.DateTimeField(null=True, blank=True)
+    publish_attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        constraints = [
+            # Also the index that reads a user's stream in seq order.
+            models.UniqueConstraint(fields=["user", "seq"], name="event_user_seq_unique"),
+        ]
+        indexes = [
+            models.Index(
+                fields=["created_at"],
+                condition=Q(published_at__isnull=True),
+                name="event_pending_idx",
+            ),
+            models.Index(fields=["run_id", "seq"], name="event_run_seq_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} #{self.seq} for user {self.user_id}"

@@ -1,0 +1,182 @@
+"""Record lifecycle events in the log and publish them to their user's group.
+
+This module is the only place that writes events or calls ``group_send``.
+The log is the source of truth; the channel layer is a fast hint to live
+connections, which fill any gap from the log themselves.
+"""
+
+import asyncio
+import json
+import logging
+import uuid
+from functools import partial
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from .exceptions import InvalidEventData, InvalidEventType
+from .frames import LayerEventMessage, event_frame_text
+from .models import Event, EventType, Stream
+
+logger = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT_SECONDS = 5.0
+LAST_ERROR_MAX_CHARS = 500
+AGENT_NAME_MAX_CHARS = 100
+
+
+def user_group_name(user_id: int) -> str:
+    """Name the channel-layer group that reaches every connection of one user."""
+    return f"user.{int(user_id)}"
+
+
+def event_record(*, user_id: int, event: str, run_id: uuid.UUID | str, agent: str, data: dict[str, Any]) -> Event:
+    """Write the event to the log, then publish it once the transaction commits.
+
+    Inside an outer ``atomic`` block the publish waits for the outer commit, so
+    a rolled-back event is never sent. A failed publish leaves the event
+    pending for ``drain_events`` and never raises here.
+    """
+    record = _event_write(user_id=user_id, event=event, run_id=run_id, agent=agent, data=data)
+    transaction.on_commit(partial(event_publish, event=record))
+    return record
+
+
+async def aevent_record(
+    *, user_id: int, event: str, run_id: uuid.UUID | str, agent: str, data: dict[str, Any]
+) -> Event:
+    """Async twin of :func:`event_record`: write, commit, then publish."""
+    record = await database_sync_to_async(_event_write)(
+        user_id=user_id, event=event, run_id=run_id, agent=agent, data=data
+    )
+    await aevent_publish(event=record)
+    return record
+
+
+def event_publish(*, event: Event) -> bool:
+    """Publish one logged event; return whether the layer accepted it."""
+    return bool(async_to_sync(aevent_publish)(event=event))
+
+
+async def aevent_publish(*, event: Event) -> bool:
+    """Publish one logged event to its user's group and mark it published.
+
+    Any failure of the layer is logged and recorded on the event, which stays
+    pending; it is never raised to the caller.
+    """
+    message: LayerEventMessage = {
+        "type": "notification.event",
+        "seq": event.seq,
+        "frame": event_frame_text(event),
+    }
+    layer = get_channel_layer()
+    try:
+        await asyncio.wait_for(
+            layer.group_send(user_group_name(event.user_id), message),
+            timeout=PUBLISH_TIMEOUT_SECONDS,
+        )
+    except Exception as exc:  # Any layer backend error: the event stays pending.
+        reason = f"{type(exc).__name__}: {exc}"[:LAST_ERROR_MAX_CHARS]
+        logger.warning(
+            "Publish failed for event %s (user %s, seq %s), left pending: %s",
+            event.id,
+            event.user_id,
+            event.seq,
+            reason,
+        )
+        await _amark(_event_mark_failed, event_id=event.id, reason=reason)
+        return False
+    await _amark(_event_mark_published, event_id=event.id)
+    return True
+
+
+async def alayer_ping(*, timeout_seconds: float) -> None:
+    """Publish to a group nobody is in, the path events take; raise if the layer is down."""
+    layer = get_channel_layer()
+    await asyncio.wait_for(
+        layer.group_send(f"healthz.{uuid.uuid4().hex}", {"type": "healthz.ping"}), timeout=timeout_seconds
+    )
+
+
+def stream_ack(*, user_id: int, seq: int) -> None:
+    """Record that the user has everything up to ``seq``; never moves backwards."""
+    Stream.objects.filter(user_id=user_id, acked_seq__lt=seq).update(acked_seq=seq)
+
+
+async def astream_ack(*, user_id: int, seq: int) -> None:
+    await database_sync_to_async(stream_ack)(user_id=user_id, seq=seq)
+
+
+def _event_validate(*, event: str, run_id: uuid.UUID | str, agent: str, data: object) -> uuid.UUID:
+    if event not in EventType.values:
+        raise InvalidEventType(f"Unknown event {event!r}; expected one of {', '.join(EventType.values)}.")
+    if not isinstance(agent, str) or not agent or len(agent) > AGENT_NAME_MAX_CHARS:
+        raise InvalidEventData(f"agent must be a non-empty string of at most {AGENT_NAME_MAX_CHARS} characters.")
+    if not isinstance(data, dict):
+        raise InvalidEventData(f"data must be a JSON object, got {type(data).__name__}.")
+    try:
+        json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidEventData(f"data must be JSON-serialisable: {exc}") from None
+    try:
+        return run_id if isinstance(run_id, uuid.UUID) else uuid.UUID(str(run_id))
+    except ValueError:
+        raise InvalidEventData(f"run_id must be a UUID, got {run_id!r}.") from None
+
+
+def _event_write(*, user_id: int, event: str, run_id: uuid.UUID | str, agent: str, data: dict[str, Any]) -> Event:
+    run_uuid = _event_validate(event=event, run_id=run_id, agent=agent, data=data)
+    with transaction.atomic():
+        seq = _stream_next_seq(user_id=user_id)
+        return Event.objects.create(
+            user_id=user_id,
+            seq=seq,
+            event=event,
+            run_id=run_uuid,
+            agent=agent,
+            data=data,
+            created_at=timezone.now(),
+        )
+
+
+def _stream_next_seq(*, user_id: int) -> int:
+    """Take the user's next seq; the caller's transaction holds the row lock until commit.
+
+    On PostgreSQL the UPDATE locks the stream row, so concurrent writers for
+    one user queue behind it; on SQLite the IMMEDIATE transaction already
+    holds the database write lock. A rollback returns the number, so seqs
+    have no gaps.
+    """
+    stream = Stream.objects.filter(user_id=user_id)
+    if not stream.update(last_seq=F("last_seq") + 1):
+        Stream.objects.bulk_create([Stream(user_id=user_id)], ignore_conflicts=True)
+        stream.update(last_seq=F("last_seq") + 1)
+    return int(stream.values_list("last_seq", flat=True).get())
+
+
+def _event_mark_published(*, event_id: uuid.UUID) -> None:
+    Event.objects.filter(pk=event_id, published_at__isnull=True).update(published_at=timezone.now())
+
+
+def _event_mark_failed(*, event_id: uuid.UUID, reason: str) -> None:
+    Event.objects.filter(pk=event_id, published_at__isnull=True).update(
+        publish_attempts=F("publish_attempts") + 1, last_error=reason
+    )
+
+
+async def _amark(func: Any, **kwargs: Any) -> None:
+    """Run a bookkeeping write; a failure is logged, never raised.
+
+    The event itself is already committed: losing this write at worst leaves
+    it pending, and ``drain_events`` publishes it again, which connections
+    de-duplicate by seq.
+    """
+    try:
+        await database_sync_to_async(func)(**kwargs)
+    except Exception:  # The database is down; the drainer will retry.
+        logger.exception("Could not record the publish outcome of event %s", kwargs.get("event_id"))

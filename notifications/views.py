@@ -1,0 +1,91 @@
+"""HTTP endpoints: the caller's event log, and the service's health."""
+
+import asyncio
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.http import HttpRequest, JsonResponse
+from django.utils import timezone
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from .frames import event_frame
+from .models import EventType
+from .selectors import events_after, events_pending_summary
+from .services import alayer_ping
+
+HEALTH_TIMEOUT_SECONDS = 2.0
+
+
+class EventsQuery(serializers.Serializer):
+    after = serializers.IntegerField(min_value=0, default=0)
+    limit = serializers.IntegerField(min_value=1, required=False)
+    run = serializers.UUIDField(required=False)
+    event = serializers.ChoiceField(choices=EventType.choices, required=False)
+
+    def validate_limit(self, value: int) -> int:
+        if value > settings.EVENTS_PAGE_MAX:
+            raise serializers.ValidationError(f"Ensure this value is less than or equal to {settings.EVENTS_PAGE_MAX}.")
+        return value
+
+
+class EventListView(APIView):
+    """List the caller's own events in seq order, a page at a time.
+
+    The page is keyed by seq: ``next`` is the URL of the following page, or
+    null when this page reached the end of the log.
+    """
+
+    def get(self, request: Request) -> Response:
+        query = EventsQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        params: dict[str, Any] = query.validated_data
+        limit = params.get("limit", settings.EVENTS_PAGE_DEFAULT)
+        events = events_after(
+            user_id=request.user.pk,
+            after=params["after"],
+            limit=limit,
+            run_id=params.get("run"),
+            event=params.get("event"),
+        )
+        next_url = None
+        if len(events) == limit:
+            next_params = request.query_params.copy()
+            next_params["after"] = str(events[-1].seq)
+            next_params["limit"] = str(limit)
+            next_url = request.build_absolute_uri(f"{request.path}?{next_params.urlencode()}")
+        return Response({"results": [event_frame(event) for event in events], "next": next_url})
+
+
+async def healthz(request: HttpRequest) -> JsonResponse:
+    """Report database and channel-layer health and the pending backlog; 503 if either is down."""
+    database: dict[str, Any] = {"ok": True}
+    pending: dict[str, Any] = {"count": None, "oldest_age_seconds": None}
+    try:
+        count, oldest = await asyncio.wait_for(
+            database_sync_to_async(events_pending_summary)(), timeout=HEALTH_TIMEOUT_SECONDS
+        )
+    except Exception as exc:  # Any database failure is the answer, not an error.
+        database = {"ok": False, "error": type(exc).__name__}
+    else:
+        age = (timezone.now() - oldest).total_seconds() if oldest is not None else None
+        pending = {"count": count, "oldest_age_seconds": age}
+
+    channel_layer: dict[str, Any] = {"ok": True, "backend": type(get_channel_layer()).__name__}
+    try:
+        await alayer_ping(timeout_seconds=HEALTH_TIMEOUT_SECONDS)
+    except Exception as exc:  # Any layer failure is the answer.
+        channel_layer.update(ok=False, error=type(exc).__name__)
+
+    healthy = database["ok"] and channel_layer["ok"]
+    body = {
+        "status": "ok" if healthy else "unavailable",
+        "database": database,
+        "channel_layer": channel_layer,
+        "pending_events": pending,
+    }
+    return JsonResponse(body, status=200 if healthy else 503)
