@@ -160,47 +160,45 @@ if REDIS_SOCKET_TIMEOUT_SECONDS <= REDIS_BRPOP_TIMEOUT_SECONDS:
         "or idle connections die with a Redis TimeoutError."
     )
 
-if not REDIS_URL:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-elif CHANNEL_LAYER == "pubsub":
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {
-                "hosts": [
-                    {
-                        "address": REDIS_URL,
-                        "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
-                        "socket_connect_timeout": REDIS_SOCKET_CONNECT_TIMEOUT_SECONDS,
-                    }
-                ],
-                "prefix": env_str("CHANNEL_LAYER_PREFIX", "agentevents"),
-            },
-        }
+
+def redis_channel_layers(*, redis_url: str, layer: str, prefix: str) -> dict[str, dict[str, object]]:
+    """Build CHANNEL_LAYERS for Redis; tests use it to point at their own server."""
+    host: dict[str, object] = {
+        "address": redis_url,
+        "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
+        "socket_connect_timeout": REDIS_SOCKET_CONNECT_TIMEOUT_SECONDS,
     }
-elif CHANNEL_LAYER == "core":
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "notifications.layers.RedisCoreChannelLayer",
-            "CONFIG": {
-                "hosts": [
-                    {
-                        "address": REDIS_URL,
-                        "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
-                        "socket_connect_timeout": REDIS_SOCKET_CONNECT_TIMEOUT_SECONDS,
-                        "max_connections": REDIS_MAX_CONNECTIONS,
-                        "timeout": REDIS_POOL_TIMEOUT_SECONDS,
-                    }
-                ],
-                "prefix": env_str("CHANNEL_LAYER_PREFIX", "agentevents"),
-                "brpop_timeout_seconds": REDIS_BRPOP_TIMEOUT_SECONDS,
-                "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1000),
-                "expiry": env_int("CHANNEL_LAYER_EXPIRY_SECONDS", 60),
-            },
+    if layer == "pubsub":
+        return {
+            "default": {
+                "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+                "CONFIG": {"hosts": [host], "prefix": prefix},
+            }
         }
-    }
-else:
-    raise ImproperlyConfigured(f"CHANNEL_LAYER must be 'pubsub' or 'core', got {CHANNEL_LAYER!r}")
+    if layer == "core":
+        host.update(max_connections=REDIS_MAX_CONNECTIONS, timeout=REDIS_POOL_TIMEOUT_SECONDS)
+        return {
+            "default": {
+                "BACKEND": "notifications.layers.RedisCoreChannelLayer",
+                "CONFIG": {
+                    "hosts": [host],
+                    "prefix": prefix,
+                    "brpop_timeout_seconds": REDIS_BRPOP_TIMEOUT_SECONDS,
+                    "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1000),
+                    "expiry": env_int("CHANNEL_LAYER_EXPIRY_SECONDS", 60),
+                },
+            }
+        }
+    raise ImproperlyConfigured(f"CHANNEL_LAYER must be 'pubsub' or 'core', got {layer!r}")
+
+
+CHANNEL_LAYERS = (
+    redis_channel_layers(
+        redis_url=REDIS_URL, layer=CHANNEL_LAYER, prefix=env_str("CHANNEL_LAYER_PREFIX", "agentevents")
+    )
+    if REDIS_URL
+    else {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+)
 
 # REST framework and JWT.
 REST_FRAMEWORK = {

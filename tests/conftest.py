@@ -1,0 +1,164 @@
+"""Shared fixtures: throwaway Redis servers, real daphne processes, users and tokens.
+
+Every fixture that starts something stops it. Every wait is bounded.
+"""
+
+import asyncio
+import inspect
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from channels.layers import get_channel_layer
+from django.conf import settings as django_settings
+from django.db import connection
+
+from config.settings import redis_channel_layers
+from tests.servers import DaphneServer, RedisServer, database_url
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+SESSION_PREFIX = f"test{uuid.uuid4().hex[:8]}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give every async test the task-leak check, set up first so it tears down last."""
+    for item in items:
+        if inspect.iscoroutinefunction(getattr(item, "function", None)):
+            item.fixturenames.insert(0, "no_task_leaks")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def no_task_leaks() -> AsyncIterator[None]:
+    """Fail the test if it leaves asyncio tasks running on its loop."""
+    yield
+    await asyncio.sleep(0)
+    current = asyncio.current_task()
+    leftover = [task for task in asyncio.all_tasks() if task is not current and not task.done()]
+    if leftover:
+        for task in leftover:
+            task.cancel()
+        await asyncio.wait(leftover, timeout=2)
+        pytest.fail(f"The test left {len(leftover)} asyncio task(s) running: {leftover!r}")
+
+
+# Redis.
+
+
+@pytest.fixture(scope="session")
+def redis_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], RedisServer]]:
+    """Start throwaway redis-server processes; each is stopped at the end of the session."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        message = "redis-server is not installed: every test that needs real Redis is SKIPPED."
+        if IN_CI:
+            pytest.fail(message + " Under CI=true that is a failure.")
+        pytest.skip(message)
+    servers: list[RedisServer] = []
+
+    def start() -> RedisServer:
+        server = RedisServer(binary=binary, workdir=tmp_path_factory.mktemp("redis"))
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server_factory: Callable[[], RedisServer]) -> str:
+    """The suite's Redis: ``REDIS_URL`` if set, else a throwaway server of its own."""
+    return os.environ.get("REDIS_URL") or redis_server_factory().url
+
+
+@pytest.fixture
+async def redis_layer(redis_url: str, settings: Any) -> AsyncIterator[Any]:
+    """Point this process's channel layer at the suite's Redis; close it on this test's loop."""
+    settings.CHANNEL_LAYERS = redis_channel_layers(redis_url=redis_url, layer="pubsub", prefix=SESSION_PREFIX)
+    layer = get_channel_layer()
+    yield layer
+    await layer.flush()
+
+
+# Real servers.
+
+
+def test_database_url() -> str:
+    """The URL of the test database, for server processes to share it."""
+    return database_url(connection.settings_dict)
+
+
+test_database_url.__test__ = False  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def daphne_factory(
+    django_db_setup: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., DaphneServer]]:
+    """Start daphne processes on the test database; each is stopped at the end."""
+    servers: list[DaphneServer] = []
+
+    def start(*, redis_url: str, **env: str) -> DaphneServer:
+        server_env = {
+            "DATABASE_URL": test_database_url(),
+            "REDIS_URL": redis_url,
+            "CHANNEL_LAYER_PREFIX": SESSION_PREFIX,
+            "DJANGO_SECRET_KEY": django_settings.SECRET_KEY,
+            "WS_HEARTBEAT_SECONDS": "0.5",
+            "LOG_LEVEL": "INFO",
+            **env,
+        }
+        server = DaphneServer(env=server_env, log_path=tmp_path_factory.mktemp("daphne") / "server.log")
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def daphne(daphne_factory: Callable[..., DaphneServer], redis_url: str) -> DaphneServer:
+    """The suite's shared server, for tests that do not stop or reconfigure it."""
+    return daphne_factory(redis_url=redis_url)
+
+
+@pytest.fixture
+def server_log_clean(daphne: DaphneServer) -> Iterator[None]:
+    """Fail if the shared server logs an error or a traceback during the test."""
+    mark = daphne.log_size()
+    yield
+    daphne.assert_log_clean(since=mark)
+
+
+# Users.
+
+
+@pytest.fixture
+def make_user(transactional_db: None, django_user_model: Any) -> Callable[..., Any]:
+    def make(username: str | None = None, *, is_active: bool = True) -> Any:
+        return django_user_model.objects.create_user(
+            username=username or f"user-{uuid.uuid4().hex[:8]}", password="unused-password", is_active=is_active
+        )
+
+    return make
+
+
+@pytest.fixture
+def alice(make_user: Callable[..., Any]) -> Any:
+    return make_user("alice")
+
+
+@pytest.fixture
+def bob(make_user: Callable[..., Any]) -> Any:
+    return make_user("bob")
+
+
+def pytest_report_header() -> list[str]:
+    return [f"database: {django_settings.DATABASES['default']['ENGINE']}", f"repo: {Path(__file__).parent.parent}"]

@@ -1,0 +1,128 @@
+"""Connecting and authenticating over a real daphne (docs/protocol.md, "Connecting")."""
+
+import time
+from datetime import timedelta
+from typing import Any
+
+import jwt
+import pytest
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from rest_framework_simplejwt.tokens import AccessToken
+from websockets.exceptions import InvalidStatus
+
+from tests.servers import DaphneServer
+from tests.wsclient import access_token, ws_connect
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("server_log_clean")]
+
+
+async def test_hello_names_the_user_and_accepts_only_the_jwt_subprotocol(daphne: DaphneServer, alice: Any) -> None:
+    token = access_token(alice)
+    async with ws_connect(daphne.ws_url, token, hello=False) as client:
+        assert client.ws.subprotocol == "jwt"
+        assert token not in str(client.ws.response.headers)
+        hello = await client.expect("hello")
+    assert hello == {
+        "type": "hello",
+        "user": {"id": alice.pk, "username": "alice"},
+        "last_seq": 0,
+        "heartbeat_seconds": 0.5,
+    }
+
+
+async def test_ping_gets_pong_echoing_ref(daphne: DaphneServer, alice: Any) -> None:
+    async with ws_connect(daphne.ws_url, access_token(alice)) as client:
+        await client.send({"type": "ping"})
+        assert await client.recv() == {"type": "pong"}
+        await client.send({"type": "ping", "ref": "r-1"})
+        assert await client.recv() == {"type": "pong", "ref": "r-1"}
+        await client.send({"type": "ping", "ref": 7})
+        assert await client.recv() == {"type": "pong", "ref": 7}
+
+
+def forged_token(user: Any) -> str:
+    claims = dict(AccessToken.for_user(user).payload)
+    return jwt.encode(claims, "an-attacker-key-that-is-long-enough-for-hs256", algorithm="HS256")
+
+
+def expired_token(user: Any) -> str:
+    token = AccessToken.for_user(user)
+    token.set_exp(lifetime=timedelta(seconds=-60))
+    return str(token)
+
+
+@pytest.mark.parametrize(
+    "offer",
+    [
+        pytest.param(lambda user: [], id="no-subprotocols"),
+        pytest.param(lambda user: ["jwt"], id="jwt-without-token"),
+        pytest.param(lambda user: ["jwt", "not.a.token"], id="malformed"),
+        pytest.param(lambda user: ["jwt", forged_token(user)], id="forged"),
+        pytest.param(lambda user: ["jwt", expired_token(user)], id="expired"),
+        pytest.param(lambda user: ["jwt", access_token(user), "extra"], id="three-subprotocols"),
+        pytest.param(lambda user: [access_token(user), "other"], id="token-without-jwt"),
+    ],
+)
+async def test_bad_credentials_close_4401_before_any_frame(daphne: DaphneServer, alice: Any, offer: Any) -> None:
+    async with ws_connect(daphne.ws_url, subprotocols=offer(alice), hello=False) as client:
+        assert await client.first_close_code() == 4401
+
+
+async def test_inactive_user_is_refused(daphne: DaphneServer, make_user: Any) -> None:
+    ghost = await sync_to_async(make_user)("ghost", is_active=False)
+    async with ws_connect(daphne.ws_url, access_token(ghost), hello=False) as client:
+        assert await client.first_close_code() == 4401
+
+
+async def test_token_in_url_is_never_read(daphne: DaphneServer, alice: Any) -> None:
+    url = f"{daphne.ws_url}?token={access_token(alice)}&access_token={access_token(alice)}"
+    async with ws_connect(url, subprotocols=[], hello=False) as client:
+        assert await client.first_close_code() == 4401
+
+
+async def test_foreign_origin_is_refused_at_handshake(daphne: DaphneServer, alice: Any) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        async with ws_connect(daphne.ws_url, access_token(alice), origin="http://evil.example", hello=False):
+            pass
+    assert refused.value.response.status_code == 403
+
+
+async def test_own_origin_is_accepted(daphne: DaphneServer, alice: Any) -> None:
+    async with ws_connect(daphne.ws_url, access_token(alice), origin=f"http://localhost:{daphne.port}") as client:
+        await client.send({"type": "ping"})
+        assert await client.recv() == {"type": "pong"}
+
+
+async def test_expired_token_closes_4401_unless_refreshed(daphne: DaphneServer, alice: Any) -> None:
+    # JWT expiry has whole-second resolution: the shortest honest lifetime is
+    # "until the next second boundary", at most one second away.
+    expires_at = int(time.time()) + 1
+    short = AccessToken.for_user(alice)
+    short["exp"] = expires_at
+    async with ws_connect(daphne.ws_url, str(short)) as stale, ws_connect(daphne.ws_url, str(short)) as refreshed:
+        await refreshed.send({"type": "auth", "token": access_token(alice)})
+        ok = await refreshed.expect("auth.ok")
+        assert ok["expires_at"].endswith("Z")
+        assert await stale.closed(timeout=3) == 4401
+        assert time.time() >= expires_at
+        await refreshed.send({"type": "ping"})
+        assert await refreshed.recv() == {"type": "pong"}
+
+
+async def test_bad_refresh_token_is_an_error_and_keeps_the_connection(
+    daphne: DaphneServer, alice: Any, bob: Any
+) -> None:
+    async with ws_connect(daphne.ws_url, access_token(alice)) as client:
+        await client.send({"type": "auth", "token": "garbage"})
+        error = await client.expect("error")
+        assert error["code"] == "invalid_token"
+        await client.send({"type": "auth", "token": access_token(bob)})
+        error = await client.expect("error")
+        assert error == {"type": "error", "code": "invalid_token", "detail": "The token belongs to a different user."}
+        await client.send({"type": "ping"})
+        assert await client.recv() == {"type": "pong"}
+
+
+def test_secret_key_is_shared_with_the_server(daphne: DaphneServer) -> None:
+    assert daphne.env["DJANGO_SECRET_KEY"] == settings.SECRET_KEY

@@ -1,0 +1,117 @@
+"""A small test client over the ``websockets`` library, following docs/protocol.md."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+from rest_framework_simplejwt.tokens import AccessToken
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
+
+RECV_TIMEOUT_SECONDS = 5.0
+
+
+def access_token(user: Any, *, lifetime: timedelta | None = None) -> str:
+    token = AccessToken.for_user(user)
+    if lifetime is not None:
+        token.set_exp(lifetime=lifetime)
+    return str(token)
+
+
+class Client:
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.heartbeats = 0
+
+    async def send(self, message: Any) -> None:
+        await self.ws.send(message if isinstance(message, str | bytes) else json.dumps(message))
+
+    async def recv(self, *, timeout: float = RECV_TIMEOUT_SECONDS, heartbeats: bool = False) -> dict[str, Any]:
+        """Return the next frame, skipping heartbeats unless asked for them."""
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = json.loads(await self.ws.recv())
+                if frame["type"] == "heartbeat":
+                    self.heartbeats += 1
+                    if not heartbeats:
+                        continue
+                return frame  # type: ignore[no-any-return]
+
+    async def expect(self, kind: str, *, timeout: float = RECV_TIMEOUT_SECONDS) -> dict[str, Any]:
+        frame = await self.recv(timeout=timeout, heartbeats=kind == "heartbeat")
+        assert frame["type"] == kind, f"expected {kind}, got {frame}"
+        return frame
+
+    async def events(self, count: int, *, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Collect ``count`` event frames; any other non-heartbeat frame fails."""
+        received = []
+        async with asyncio.timeout(timeout):
+            while len(received) < count:
+                frame = await self.recv(timeout=timeout)
+                assert frame["type"] == "event", f"expected an event, got {frame}"
+                received.append(frame)
+        return received
+
+    async def quiet(self, *, beats: int = 2) -> list[dict[str, Any]]:
+        """Read until ``beats`` heartbeats pass; return every non-heartbeat frame seen.
+
+        The server catches up from the log before each heartbeat, so anything
+        still owed would arrive before the second one.
+        """
+        seen: list[dict[str, Any]] = []
+        start = self.heartbeats
+        while self.heartbeats - start < beats:
+            frame = await self.recv(heartbeats=True)
+            if frame["type"] == "heartbeat":
+                continue
+            seen.append(frame)
+        return seen
+
+    async def closed(self, *, timeout: float = RECV_TIMEOUT_SECONDS) -> int | None:
+        """Wait for the server to close; return the close code it sent, failing on any frame."""
+        async with asyncio.timeout(timeout):
+            try:
+                while True:
+                    frame = json.loads(await self.ws.recv())
+                    assert frame["type"] == "heartbeat", f"expected a close, got {frame}"
+            except ConnectionClosed as exc:
+                return exc.rcvd.code if exc.rcvd is not None else None
+
+    async def first_close_code(self, *, timeout: float = RECV_TIMEOUT_SECONDS) -> int | None:
+        """Expect a close before any frame at all; return its code."""
+        async with asyncio.timeout(timeout):
+            try:
+                frame = await self.ws.recv()
+            except ConnectionClosed as exc:
+                return exc.rcvd.code if exc.rcvd is not None else None
+        raise AssertionError(f"expected a close before any frame, got {frame!r}")
+
+
+@asynccontextmanager
+async def ws_connect(
+    url: str,
+    token: str | None = None,
+    *,
+    subprotocols: list[str] | None = None,
+    origin: str | None = None,
+    hello: bool = True,
+) -> AsyncIterator[Client]:
+    """Connect offering ``["jwt", token]``; wait for hello unless told not to."""
+    offered = subprotocols if subprotocols is not None else (["jwt", token] if token else [])
+    async with connect(
+        url,
+        subprotocols=[Subprotocol(p) for p in offered] or None,
+        origin=origin,  # type: ignore[arg-type]
+        open_timeout=RECV_TIMEOUT_SECONDS,
+        close_timeout=2,
+        ping_interval=None,
+        max_size=None,
+    ) as ws:
+        client = Client(ws)
+        if hello:
+            await client.expect("hello")
+        yield client
