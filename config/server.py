@@ -11,6 +11,7 @@ from typing import Any
 from daphne.cli import CommandLineInterface
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
+from twisted.internet import reactor
 
 CLOSE_GOING_AWAY = 1001
 
@@ -23,6 +24,19 @@ class GracefulServer(Server):
     ``sendCloseFrame`` is used because autobahn's ``sendClose`` only accepts
     1000 and 3000-4999 from a server.
     """
+
+    def run(self) -> None:
+        reactor.callWhenRunning(self._close_frames_on_failure)  # type: ignore[attr-defined]
+        super().run()
+
+    def _close_frames_on_failure(self) -> None:
+        """Send a close frame when autobahn fails a connection (1009 for an oversized frame).
+
+        autobahn's default, ``failByDrop``, drops the TCP connection instead,
+        and the client sees an abnormal 1006. Runs before any connection is
+        accepted, so every protocol gets it.
+        """
+        self.ws_factory.setProtocolOptions(failByDrop=False)
 
     def kill_all_applications(self) -> Any:
         for protocol in list(self.connections):
@@ -40,9 +54,11 @@ def default_arguments() -> list[str]:
     from django.conf import settings
 
     return [
-        # Frames over the limit are refused by the server with close 1009.
-        f"--websocket-max-message-size={settings.WS_MAX_MESSAGE_BYTES}",
+        # An incoming frame over the limit is refused with close 1009. The
+        # message limit also caps what the server sends, so it is kept above
+        # the largest event frame; the consumer refuses longer client messages.
         f"--websocket-max-frame-size={settings.WS_MAX_MESSAGE_BYTES}",
+        f"--websocket-max-message-size={settings.WS_MAX_SERVER_FRAME_BYTES}",
         # Daphne closes every WebSocket after a day by default; ours live until
         # the client, the token or the server ends them.
         "--websocket_timeout=-1",

@@ -219,6 +219,10 @@ SIMPLE_JWT = {
 # variables; see docs/protocol.md for what each one means to a client.
 WS_HEARTBEAT_SECONDS = env_float("WS_HEARTBEAT_SECONDS", 25.0)
 WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 64 * 1024)
+# An event's data, JSON-encoded, is refused above this; a frame the server
+# sends is at most this plus the envelope, well under WS_MAX_SERVER_FRAME_BYTES.
+EVENT_DATA_MAX_BYTES = env_int("EVENT_DATA_MAX_BYTES", 256 * 1024)
+WS_MAX_SERVER_FRAME_BYTES = EVENT_DATA_MAX_BYTES + 64 * 1024
 WS_RATE_LIMIT_MESSAGES = env_int("WS_RATE_LIMIT_MESSAGES", 20)
 WS_RATE_LIMIT_PER_SECONDS = env_float("WS_RATE_LIMIT_PER_SECONDS", 1.0)
 WS_RATE_LIMIT_BURST = env_int("WS_RATE_LIMIT_BURST", 40)

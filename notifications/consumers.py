@@ -165,6 +165,11 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         if text is None:
             await self._send_error("invalid_message", "Binary frames are not supported; send JSON text.")
             return
+        if len(text.encode()) > settings.WS_MAX_MESSAGE_BYTES:
+            # Only a message fragmented into small frames gets here; the
+            # server closes on any single frame over the limit with 1009.
+            await self._send_error("invalid_message", f"Messages are limited to {settings.WS_MAX_MESSAGE_BYTES} bytes.")
+            return
         try:
             parsed = client_message_parse(text)
         except ProtocolError as exc:
@@ -285,7 +290,10 @@ class NotificationConsumer(AsyncWebsocketConsumer):
             if delay > 0:
                 await asyncio.sleep(delay)
                 continue
-            await self._heartbeat()
+            try:
+                await self._heartbeat()
+            except Exception:  # Keep beating and watching the token whatever one beat hit.
+                logger.exception("Heartbeat failed for user %s", self.identity.user_id)
             next_beat = loop.time() + heartbeat
 
     async def _heartbeat(self) -> None:

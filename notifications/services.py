@@ -15,6 +15,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -120,9 +121,11 @@ def _event_validate(*, event: str, run_id: uuid.UUID | str, agent: str, data: ob
     if not isinstance(data, dict):
         raise InvalidEventData(f"data must be a JSON object, got {type(data).__name__}.")
     try:
-        json.dumps(data, allow_nan=False)
+        encoded = json.dumps(data, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise InvalidEventData(f"data must be JSON-serialisable: {exc}") from None
+    if len(encoded.encode()) > settings.EVENT_DATA_MAX_BYTES:
+        raise InvalidEventData(f"data must be at most {settings.EVENT_DATA_MAX_BYTES} bytes as JSON.")
     try:
         return run_id if isinstance(run_id, uuid.UUID) else uuid.UUID(str(run_id))
     except ValueError:

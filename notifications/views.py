@@ -45,15 +45,17 @@ class EventListView(APIView):
         query.is_valid(raise_exception=True)
         params: dict[str, Any] = query.validated_data
         limit = params.get("limit", settings.EVENTS_PAGE_DEFAULT)
+        # One more than the page tells whether a next page exists.
         events = events_after(
             user_id=request.user.pk,
             after=params["after"],
-            limit=limit,
+            limit=limit + 1,
             run_id=params.get("run"),
             event=params.get("event"),
         )
         next_url = None
-        if len(events) == limit:
+        if len(events) > limit:
+            events = events[:limit]
             next_params = request.query_params.copy()
             next_params["after"] = str(events[-1].seq)
             next_params["limit"] = str(limit)
