@@ -4,16 +4,23 @@ Usage: ``python -m config.server [daphne options] [config.asgi:application]``.
 Any daphne option given on the command line overrides the defaults below.
 """
 
+import asyncio
+import logging
 import os
 import sys
+import time
 from typing import Any
 
 from daphne.cli import CommandLineInterface
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
-from twisted.internet import reactor
+from django.conf import settings
+from twisted.internet import defer, reactor
+
+logger = logging.getLogger(__name__)
 
 CLOSE_GOING_AWAY = 1001
+CLOSE_POLL_SECONDS = 0.02
 
 
 class GracefulServer(Server):
@@ -38,11 +45,50 @@ class GracefulServer(Server):
         """
         self.ws_factory.setProtocolOptions(failByDrop=False)
 
-    def kill_all_applications(self) -> Any:
-        for protocol in list(self.connections):
-            if isinstance(protocol, WebSocketProtocol) and protocol.state == WebSocketProtocol.STATE_OPEN:
-                protocol.sendCloseFrame(code=CLOSE_GOING_AWAY)
-        return super().kill_all_applications()
+    def kill_all_applications(self) -> defer.Deferred[Any]:
+        """Close open WebSockets with 1001, wait (bounded) for the handshakes, then cancel.
+
+        The wait matters: once this returns, Twisted drops every connection
+        without flushing, so a close frame still in a buffer would be lost.
+        Clients that answer the close let their consumers end normally.
+        """
+        closing = [
+            protocol
+            for protocol in self.connections
+            if isinstance(protocol, WebSocketProtocol) and protocol.state == WebSocketProtocol.STATE_OPEN
+        ]
+        for protocol in closing:
+            protocol.sendCloseFrame(code=CLOSE_GOING_AWAY)
+        deadline = time.monotonic() + settings.SHUTDOWN_CLOSE_GRACE_SECONDS
+        done: defer.Deferred[None] = defer.Deferred()
+
+        def check() -> None:
+            if time.monotonic() > deadline or all(p.state == WebSocketProtocol.STATE_CLOSED for p in closing):
+                done.callback(None)
+            else:
+                reactor.callLater(CLOSE_POLL_SECONDS, check)  # type: ignore[attr-defined]
+
+        check()
+        done.addCallback(lambda _: self._cancel_applications())
+        return done
+
+    def _cancel_applications(self) -> defer.Deferred[Any]:
+        """Cancel every application still running and wait for them (daphne's own logic).
+
+        Unlike daphne's version, a connection whose application already
+        finished (and was cleared by the checker) is skipped, not a KeyError.
+        """
+        running = [
+            instance
+            for details in self.connections.values()
+            if (instance := details.get("application_instance")) is not None and not instance.done()
+        ]
+        for instance in running:
+            instance.cancel()
+        logger.info("Cancelled %i application instance(s) at shutdown", len(running))
+        waiting = defer.Deferred.fromFuture(asyncio.gather(*running, return_exceptions=True))
+        waiting.addErrback(lambda failure: None)
+        return waiting
 
 
 class ServiceCommandLineInterface(CommandLineInterface):
@@ -51,8 +97,6 @@ class ServiceCommandLineInterface(CommandLineInterface):
 
 def default_arguments() -> list[str]:
     """Daphne options that the protocol depends on, from settings."""
-    from django.conf import settings
-
     return [
         # An incoming frame over the limit is refused with close 1009. The
         # message limit also caps what the server sends, so it is kept above

@@ -232,6 +232,10 @@ WS_REPLAY_BATCH_SIZE = env_int("WS_REPLAY_BATCH_SIZE", 500)
 # default the same hosts as ALLOWED_HOSTS, on any scheme and port.
 WS_ALLOWED_ORIGINS = env_list("WS_ALLOWED_ORIGINS", ALLOWED_HOSTS)
 
+# On SIGTERM the server closes WebSockets with 1001 and waits this long for
+# clients to answer before cancelling what is left.
+SHUTDOWN_CLOSE_GRACE_SECONDS = env_float("SHUTDOWN_CLOSE_GRACE_SECONDS", 2.0)
+
 EVENTS_PAGE_MAX = env_int("EVENTS_PAGE_MAX", 500)
 EVENTS_PAGE_DEFAULT = env_int("EVENTS_PAGE_DEFAULT", 100)
 

@@ -56,9 +56,7 @@ async def test_burst_of_500_arrives_in_order_once_each(daphne: DaphneServer, ali
         assert await client.quiet() == []
 
 
-async def test_users_see_only_their_own_events_with_20_emitting_at_once(
-    daphne: DaphneServer, make_user: Any
-) -> None:
+async def test_users_see_only_their_own_events_with_20_emitting_at_once(daphne: DaphneServer, make_user: Any) -> None:
     users = [await sync_to_async(make_user)() for _ in range(20)]
     per_user = 15
     async with _connect_all(daphne, users) as clients:

@@ -1,0 +1,123 @@
+"""Faults end to end: Redis dying under a live client, server shutdown, idle and bursty connections."""
+
+import asyncio
+import signal
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+
+from config.settings import redis_channel_layers
+from notifications.models import Event
+from notifications.services import aevent_record
+from tests.conftest import SESSION_PREFIX
+from tests.servers import DaphneServer, RedisServer
+from tests.wsclient import access_token, ws_connect
+
+pytestmark = pytest.mark.e2e
+
+
+async def emit(user_id: int, count: int) -> None:
+    run_id = uuid.uuid4()
+    for step in range(count):
+        await aevent_record(user_id=user_id, event="agent_thinking", run_id=run_id, agent="demo", data={"step": step})
+
+
+async def test_redis_restart_under_a_live_client_loses_nothing(
+    redis_server_factory: Callable[[], RedisServer],
+    daphne_factory: Callable[..., DaphneServer],
+    settings: Any,
+    alice: Any,
+) -> None:
+    redis = redis_server_factory()
+    server = daphne_factory(redis_url=redis.url, WS_HEARTBEAT_SECONDS="0.2")
+    settings.CHANNEL_LAYERS = redis_channel_layers(redis_url=redis.url, layer="pubsub", prefix=SESSION_PREFIX)
+    layer = get_channel_layer()
+    try:
+        async with ws_connect(server.ws_url, access_token(alice)) as client:
+            await emit(alice.pk, 5)
+            seen = await client.events(5)
+
+            await sync_to_async(redis.stop)()
+            await emit(alice.pk, 5)  # Publishing fails: these stay pending in the log.
+            pending = await sync_to_async(
+                lambda: list(Event.objects.filter(published_at__isnull=True).values_list("seq", flat=True))
+            )()
+            assert sorted(pending) == [6, 7, 8, 9, 10]
+            # The heartbeat reads them from the log even while Redis is down.
+            seen += await client.events(5)
+
+            await sync_to_async(redis.start)()
+            await emit(alice.pk, 5)
+            seen += await client.events(5, timeout=15)
+            assert [event["seq"] for event in seen] == list(range(1, 16))
+            assert await client.quiet() == []
+    finally:
+        await layer.flush()
+
+
+async def test_server_shutdown_closes_clients_with_1001(
+    daphne_factory: Callable[..., DaphneServer], redis_url: str, alice: Any
+) -> None:
+    server = daphne_factory(redis_url=redis_url)
+    async with (
+        ws_connect(server.ws_url, access_token(alice)) as one,
+        ws_connect(server.ws_url, access_token(alice)) as two,
+    ):
+        server.signal(signal.SIGTERM)
+        assert await one.closed() == 1001
+        assert await two.closed() == 1001
+    assert await asyncio.to_thread(server.wait) == 0
+    server.assert_log_clean()
+
+
+@pytest.mark.parametrize("layer", ["pubsub", "core"])
+async def test_idle_connections_survive_many_read_timeouts(
+    daphne_factory: Callable[..., DaphneServer], redis_url: str, make_user: Any, layer: str
+) -> None:
+    # The core layer blocks on Redis for REDIS_BRPOP_TIMEOUT_SECONDS per read;
+    # shortened here, and the socket timeout kept above it as the settings
+    # require, 300 idle sockets sit through about ten blocking reads.
+    server = daphne_factory(
+        redis_url=redis_url,
+        CHANNEL_LAYER=layer,
+        REDIS_BRPOP_TIMEOUT_SECONDS="0.1",
+        REDIS_SOCKET_TIMEOUT_SECONDS="0.3",
+        WS_HEARTBEAT_SECONDS="60",
+    )
+    user = await sync_to_async(make_user)()
+    token = access_token(user)
+    contexts = [ws_connect(server.ws_url, token) for _ in range(300)]
+    clients = await asyncio.gather(*(context.__aenter__() for context in contexts))
+    try:
+        await asyncio.sleep(0.2)  # Connections idle; no frames are due before the heartbeat.
+        for _ in range(4):
+            pongs = await asyncio.gather(*(client.send({"type": "ping"}) for client in clients))
+            pongs = await asyncio.gather(*(client.recv() for client in clients))
+            assert pongs == [{"type": "pong"}] * 300
+            await asyncio.sleep(0.25)
+    finally:
+        await asyncio.gather(*(context.__aexit__(None, None, None) for context in contexts))
+    server.assert_log_clean()
+
+
+@pytest.mark.parametrize("layer", ["pubsub", "core"])
+async def test_burst_of_200_connects_and_disconnects_raises_nothing(
+    daphne_factory: Callable[..., DaphneServer], redis_url: str, make_user: Any, layer: str
+) -> None:
+    # A pool far smaller than the burst: connects must queue for a Redis
+    # connection, not fail with MaxConnectionsError.
+    server = daphne_factory(redis_url=redis_url, CHANNEL_LAYER=layer, REDIS_MAX_CONNECTIONS="10")
+    user = await sync_to_async(make_user)()
+    token = access_token(user)
+    for _ in range(2):
+        contexts = [ws_connect(server.ws_url, token) for _ in range(200)]
+        await asyncio.gather(*(context.__aenter__() for context in contexts))
+        await asyncio.gather(*(context.__aexit__(None, None, None) for context in contexts))
+    async with ws_connect(server.ws_url, token) as client:
+        await client.send({"type": "ping"})
+        assert await client.recv() == {"type": "pong"}
+    server.assert_log_clean()
