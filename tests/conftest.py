@@ -103,7 +103,7 @@ def daphne_factory(
     """Start daphne processes on the test database; each is stopped at the end."""
     servers: list[DaphneServer] = []
 
-    def start(*, redis_url: str, **env: str) -> DaphneServer:
+    def start(*, redis_url: str, args: tuple[str, ...] = (), **env: str) -> DaphneServer:
         server_env = {
             "DATABASE_URL": test_database_url(),
             "REDIS_URL": redis_url,
@@ -113,7 +113,7 @@ def daphne_factory(
             "LOG_LEVEL": "INFO",
             **env,
         }
-        server = DaphneServer(env=server_env, log_path=tmp_path_factory.mktemp("daphne") / "server.log")
+        server = DaphneServer(env=server_env, log_path=tmp_path_factory.mktemp("daphne") / "server.log", args=args)
         server.start()
         servers.append(server)
         return server

@@ -118,8 +118,9 @@ class RedisServer:
 class DaphneServer:
     """This project's server (``python -m config.server``) as a subprocess."""
 
-    def __init__(self, *, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, *, env: dict[str, str], log_path: Path, args: tuple[str, ...] = ()) -> None:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+        self.args = args
         self.log_path = log_path
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -135,7 +136,7 @@ class DaphneServer:
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "config.server", "-b", "127.0.0.1", "-p", str(self.port)],
+                [sys.executable, "-m", "config.server", "-b", "127.0.0.1", "-p", str(self.port), *self.args],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,

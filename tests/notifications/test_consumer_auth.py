@@ -126,3 +126,27 @@ async def test_bad_refresh_token_is_an_error_and_keeps_the_connection(
 
 def test_secret_key_is_shared_with_the_server(daphne: DaphneServer) -> None:
     assert daphne.env["DJANGO_SECRET_KEY"] == settings.SECRET_KEY
+
+
+async def test_tokens_never_appear_in_the_server_log(daphne_factory: Any, redis_url: str, alice: Any, bob: Any) -> None:
+    # Everything the server can log: debug level, daphne's access log and
+    # its own debug output.
+    server = daphne_factory(redis_url=redis_url, LOG_LEVEL="DEBUG", args=("-v", "2"))
+    good, other, expired = access_token(alice), access_token(bob), expired_token(alice)
+    async with ws_connect(server.ws_url, good) as client:
+        await client.send({"type": "auth", "token": other})
+        await client.expect("error")
+        await client.send({"type": "auth", "token": expired})
+        await client.expect("error")
+        await client.send({"type": "auth", "token": good})
+        await client.expect("auth.ok")
+    async with ws_connect(server.ws_url, expired, hello=False) as refused:
+        assert await refused.first_close_code() == 4401
+    async with ws_connect(f"{server.ws_url}?token={good}", subprotocols=[], hello=False) as refused:
+        assert await refused.first_close_code() == 4401
+    server.stop()
+    log = server.log()
+    assert "WSCONNECT" in log  # The access log was on...
+    for token in (good, other, expired):
+        for part in token.split("."):  # ...and holds no token, nor any part of one.
+            assert part not in log

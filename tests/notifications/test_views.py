@@ -1,0 +1,126 @@
+"""HTTP: tokens, the caller's event log, health."""
+
+import uuid
+from typing import Any
+
+import pytest
+from rest_framework.test import APIClient
+
+from config.settings import redis_channel_layers
+from notifications.models import Event
+from notifications.services import event_record
+from tests.servers import free_port
+from tests.wsclient import access_token
+
+
+@pytest.fixture(autouse=True)
+def memory_layer(settings: Any) -> None:
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
+def api(user: Any | None = None) -> APIClient:
+    client = APIClient()
+    if user is not None:
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {access_token(user)}")
+    return client
+
+
+def emit(user: Any, count: int, *, event: str = "agent_thinking", run_id: uuid.UUID | None = None) -> uuid.UUID:
+    run_id = run_id or uuid.uuid4()
+    for step in range(count):
+        event_record(user_id=user.pk, event=event, run_id=run_id, agent="demo", data={"step": step})
+    return run_id
+
+
+def test_token_pair_and_refresh(make_user: Any) -> None:
+    user = make_user("carol")
+    user.set_password("s3cret-pass")
+    user.save()
+    pair = api().post("/api/auth/token/", {"username": "carol", "password": "s3cret-pass"}, format="json")
+    assert pair.status_code == 200
+    assert set(pair.json()) == {"access", "refresh"}
+    refreshed = api().post("/api/auth/token/refresh/", {"refresh": pair.json()["refresh"]}, format="json")
+    assert refreshed.status_code == 200
+    assert "access" in refreshed.json()
+    wrong = api().post("/api/auth/token/", {"username": "carol", "password": "nope"}, format="json")
+    assert wrong.status_code == 401
+
+
+def test_events_need_a_token(transactional_db: None) -> None:
+    assert api().get("/api/events/").status_code == 401
+
+
+def test_events_are_the_callers_own_in_seq_order(alice: Any, bob: Any) -> None:
+    emit(alice, 3)
+    emit(bob, 2)
+    body = api(alice).get("/api/events/").json()
+    assert [e["seq"] for e in body["results"]] == [1, 2, 3]
+    assert {e["id"] for e in body["results"]} == {
+        str(i) for i in Event.objects.filter(user=alice).values_list("id", flat=True)
+    }
+    assert body["next"] is None
+    assert set(body["results"][0]) == {"type", "id", "seq", "event", "run_id", "agent", "created_at", "data"}
+
+
+def test_events_pages_follow_next_to_the_end(alice: Any) -> None:
+    emit(alice, 5)
+    client = api(alice)
+    first = client.get("/api/events/?limit=2").json()
+    assert [e["seq"] for e in first["results"]] == [1, 2]
+    second = client.get(first["next"]).json()
+    assert [e["seq"] for e in second["results"]] == [3, 4]
+    third = client.get(second["next"]).json()
+    assert [e["seq"] for e in third["results"]] == [5]
+    assert third["next"] is None
+
+
+def test_events_filter_by_after_run_and_event(alice: Any) -> None:
+    run = emit(alice, 2)
+    emit(alice, 2, event="tool_executing")
+    client = api(alice)
+    assert [e["seq"] for e in client.get("/api/events/?after=3").json()["results"]] == [4]
+    assert [e["seq"] for e in client.get(f"/api/events/?run={run}").json()["results"]] == [1, 2]
+    assert [e["seq"] for e in client.get("/api/events/?event=tool_executing").json()["results"]] == [3, 4]
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("after=-1", "after"),
+        ("after=x", "after"),
+        ("limit=0", "limit"),
+        ("limit=501", "limit"),
+        ("run=nope", "run"),
+        ("event=bogus", "event"),
+    ],
+)
+def test_bad_event_queries_are_400_with_the_field_named(alice: Any, query: str, field: str) -> None:
+    response = api(alice).get(f"/api/events/?{query}")
+    assert response.status_code == 400
+    assert field in response.json()
+
+
+def test_healthz_reports_ok_with_the_pending_backlog(alice: Any, settings: Any) -> None:
+    Event.objects.create(
+        user=alice, seq=1, event="agent_started", run_id=uuid.uuid4(), agent="demo", created_at="2026-01-01T00:00:00Z"
+    )
+    response = api().get("/healthz")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["database"] == {"ok": True}
+    assert body["channel_layer"]["ok"] is True
+    assert body["pending_events"]["count"] == 1
+    assert body["pending_events"]["oldest_age_seconds"] > 0
+
+
+def test_healthz_is_503_when_the_layer_is_down(transactional_db: None, settings: Any) -> None:
+    settings.CHANNEL_LAYERS = redis_channel_layers(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", layer="pubsub", prefix="down"
+    )
+    response = api().get("/healthz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unavailable"
+    assert body["channel_layer"]["ok"] is False
+    assert body["database"] == {"ok": True}
