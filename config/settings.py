@@ -113,7 +113,13 @@ TEMPLATES = [
 # on the write lock instead of failing to upgrade a read lock, and WAL so that
 # readers do not block the writer.
 DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
-DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+# Connections are reused for DB_CONN_MAX_AGE_SECONDS (checked before reuse):
+# opening one per query would cost more than the query.
+DATABASES = {
+    "default": dj_database_url.parse(
+        DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE_SECONDS", 60), conn_health_checks=True
+    )
+}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {
         "transaction_mode": "IMMEDIATE",

@@ -95,9 +95,9 @@ async def test_own_origin_is_accepted(daphne: DaphneServer, alice: Any) -> None:
 
 
 async def test_expired_token_closes_4401_unless_refreshed(daphne: DaphneServer, alice: Any) -> None:
-    # JWT expiry has whole-second resolution: the shortest honest lifetime is
-    # "until the next second boundary", at most one second away.
-    expires_at = int(time.time()) + 1
+    # JWT expiry has whole-second resolution: the token expires at the first
+    # whole second at least half a second away, time enough to connect twice.
+    expires_at = int(time.time() + 0.5) + 1
     short = AccessToken.for_user(alice)
     short["exp"] = expires_at
     async with ws_connect(daphne.ws_url, str(short)) as stale, ws_connect(daphne.ws_url, str(short)) as refreshed:
