@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
+from autobahn.exception import Disconnected
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -351,8 +352,20 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         await self._send_text(encode(frame))
 
     async def _send_text(self, text: str) -> None:
-        if not self.closing:
+        """Send a frame unless the connection is closing; a send that loses the race is not an error.
+
+        The peer can close between our check and the send: daphne then
+        raises autobahn's ``Disconnected`` (other ASGI servers an ``OSError``)
+        before its disconnect message reaches us. The connection is over
+        either way, and anything unsent is still in the log for a resume.
+        """
+        if self.closing:
+            return
+        try:
             await self.send(text_data=text)
+        except (Disconnected, OSError) as exc:
+            logger.debug("Send after the peer closed, dropped: %s", exc)
+            self.closing = True
 
     async def _send_error(self, code: str, detail: str) -> None:
         await self._send({"type": "error", "code": code, "detail": detail})
