@@ -33,7 +33,7 @@ class GracefulServer(Server):
     """
 
     def run(self) -> None:
-        reactor.callWhenRunning(self._close_frames_on_failure)  # type: ignore[attr-defined]
+        reactor.callWhenRunning(self._close_frames_on_failure)
         super().run()
 
     def _close_frames_on_failure(self) -> None:
@@ -66,7 +66,7 @@ class GracefulServer(Server):
             if time.monotonic() > deadline or all(p.state == WebSocketProtocol.STATE_CLOSED for p in closing):
                 done.callback(None)
             else:
-                reactor.callLater(CLOSE_POLL_SECONDS, check)  # type: ignore[attr-defined]
+                reactor.callLater(CLOSE_POLL_SECONDS, check)  # type: ignore[arg-type]
 
         check()
         done.addCallback(lambda _: self._cancel_applications())

@@ -133,7 +133,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
                 "type": "hello",
                 "user": {"id": identity.user_id, "username": identity.username},
                 "last_seq": self.sent_seq,
-                "heartbeat_seconds": settings.WS_HEARTBEAT_SECONDS,
+                "heartbeat_seconds": _number(settings.WS_HEARTBEAT_SECONDS),
             }
         )
         self.timer_task = asyncio.create_task(self._timers(), name=f"ws-timers-user-{identity.user_id}")
@@ -380,3 +380,8 @@ class NotificationConsumer(AsyncWebsocketConsumer):
 
 def _unix_to_iso(timestamp: float) -> str:
     return isoformat_utc(datetime.fromtimestamp(timestamp, tz=UTC))
+
+
+def _number(value: float) -> float | int:
+    """Render a whole number of seconds as an integer (25, not 25.0)."""
+    return int(value) if float(value).is_integer() else value

@@ -1,6 +1,7 @@
 """Parse and validate client-to-server WebSocket messages (docs/protocol.md)."""
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +70,7 @@ def _seq_field(fields: dict[str, Any], kind: str, name: str) -> int:
     # bool is an int in Python but never a seq.
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ProtocolError("invalid_message", f'"{name}" must be a non-negative integer.')
-    return value
+    return int(value)
 
 
 def _ping(fields: dict[str, Any]) -> Ping:
@@ -102,4 +103,9 @@ def _auth(fields: dict[str, Any]) -> Auth:
     return Auth(token=token)
 
 
-_PARSERS = {"ping": _ping, "resume": _resume, "ack": _ack, "auth": _auth}
+_PARSERS: dict[str, Callable[[dict[str, Any]], ClientMessage]] = {
+    "ping": _ping,
+    "resume": _resume,
+    "ack": _ack,
+    "auth": _auth,
+}

@@ -52,7 +52,7 @@ async def aevent_record(
     *, user_id: int, event: str, run_id: uuid.UUID | str, agent: str, data: dict[str, Any]
 ) -> Event:
     """Async twin of :func:`event_record`: write, commit, then publish."""
-    record = await database_sync_to_async(_event_write)(
+    record: Event = await database_sync_to_async(_event_write)(
         user_id=user_id, event=event, run_id=run_id, agent=agent, data=data
     )
     await aevent_publish(event=record)

@@ -21,7 +21,7 @@ from .services import alayer_ping
 HEALTH_TIMEOUT_SECONDS = 2.0
 
 
-class EventsQuery(serializers.Serializer):
+class EventsQuery(serializers.Serializer):  # type: ignore[type-arg]
     after = serializers.IntegerField(min_value=0, default=0)
     limit = serializers.IntegerField(min_value=1, required=False)
     run = serializers.UUIDField(required=False)
@@ -47,7 +47,7 @@ class EventListView(APIView):
         limit = params.get("limit", settings.EVENTS_PAGE_DEFAULT)
         # One more than the page tells whether a next page exists.
         events = events_after(
-            user_id=request.user.pk,
+            user_id=int(request.user.pk),  # type: ignore[arg-type]
             after=params["after"],
             limit=limit + 1,
             run_id=params.get("run"),

@@ -48,7 +48,7 @@ class Client:
 
     async def events(self, count: int, *, timeout: float = 10.0) -> list[dict[str, Any]]:
         """Collect ``count`` event frames; any other non-heartbeat frame fails."""
-        received = []
+        received: list[dict[str, Any]] = []
         async with asyncio.timeout(timeout):
             while len(received) < count:
                 frame = await self.recv(timeout=timeout)

@@ -21,6 +21,7 @@ async def test_hello_names_the_user_and_accepts_only_the_jwt_subprotocol(daphne:
     token = access_token(alice)
     async with ws_connect(daphne.ws_url, token, hello=False) as client:
         assert client.ws.subprotocol == "jwt"
+        assert client.ws.response is not None
         assert token not in str(client.ws.response.headers)
         hello = await client.expect("hello")
     assert hello == {

@@ -95,7 +95,7 @@ async def test_idle_connections_survive_many_read_timeouts(
     try:
         await asyncio.sleep(0.2)  # Connections idle; no frames are due before the heartbeat.
         for _ in range(4):
-            pongs = await asyncio.gather(*(client.send({"type": "ping"}) for client in clients))
+            await asyncio.gather(*(client.send({"type": "ping"}) for client in clients))
             pongs = await asyncio.gather(*(client.recv() for client in clients))
             assert pongs == [{"type": "pong"}] * 300
             await asyncio.sleep(0.25)

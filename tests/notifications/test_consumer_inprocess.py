@@ -100,3 +100,13 @@ async def test_send_racing_the_peers_close_is_not_an_error(alice: Any, caplog: p
         await asyncio.wait_for(app, timeout=5)
     assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send"]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_hello_gives_whole_heartbeat_seconds_as_an_integer(settings: Any, alice: Any) -> None:
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    settings.WS_HEARTBEAT_SECONDS = 25.0
+    client = communicator(alice)
+    await client.connect(timeout=5)
+    hello = await client.receive_from(timeout=5)
+    assert '"heartbeat_seconds":25}' in hello
+    await client.disconnect(timeout=5)

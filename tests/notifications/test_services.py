@@ -38,7 +38,7 @@ async def layer(request: pytest.FixtureRequest, settings: Any) -> Any:
 
 
 async def member_of(layer: Any, user_id: int) -> str:
-    channel = await layer.new_channel()
+    channel: str = await layer.new_channel()
     await layer.group_add(user_group_name(user_id), channel)
     return channel
 
