@@ -77,9 +77,13 @@ def redis_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[C
 
 
 @pytest.fixture(scope="session")
-def redis_url(redis_server_factory: Callable[[], RedisServer]) -> str:
+def redis_url(request: pytest.FixtureRequest) -> str:
     """The suite's Redis: ``REDIS_URL`` if set, else a throwaway server of its own."""
-    return os.environ.get("REDIS_URL") or redis_server_factory().url
+    configured = os.environ.get("REDIS_URL")
+    if configured:
+        return configured
+    start: Callable[[], RedisServer] = request.getfixturevalue("redis_server_factory")
+    return start().url
 
 
 @pytest.fixture
