@@ -1,7 +1,9 @@
 # Production image: daphne serving config.asgi through config.server.
 FROM python:3.11-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
+# Debug off: the server refuses to start without DJANGO_SECRET_KEY.
+ENV DJANGO_DEBUG=false \
+    PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -14,7 +16,7 @@ RUN pip install -r requirements.txt
 
 RUN useradd --system --uid 10001 --home /app app
 COPY --chown=app:app . .
-RUN DJANGO_DEBUG=false DJANGO_SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput
+RUN DJANGO_SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput
 
 USER app
 EXPOSE 8000

@@ -87,7 +87,7 @@ class GracefulServer(Server):
             instance.cancel()
         logger.info("Cancelled %i application instance(s) at shutdown", len(running))
         waiting = defer.Deferred.fromFuture(asyncio.gather(*running, return_exceptions=True))
-        waiting.addErrback(lambda failure: None)
+        waiting.addErrback(lambda failure: logger.warning("Application cancellation failed: %s", failure))
         return waiting
 
 

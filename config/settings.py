@@ -120,6 +120,12 @@ DATABASES = {
         DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE_SECONDS", 60), conn_health_checks=True
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Bound every query and connection attempt: no request waits forever on the database.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        connect_timeout=env_int("DB_CONNECT_TIMEOUT_SECONDS", 5),
+        options=f"-c statement_timeout={env_int('DB_STATEMENT_TIMEOUT_MS', 15_000)}",
+    )
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {
         "transaction_mode": "IMMEDIATE",
@@ -224,6 +230,8 @@ SIMPLE_JWT = {
 # WebSocket protocol limits. Tests shorten the intervals through the same
 # variables; see docs/protocol.md for what each one means to a client.
 WS_HEARTBEAT_SECONDS = env_float("WS_HEARTBEAT_SECONDS", 25.0)
+if WS_HEARTBEAT_SECONDS <= 0:
+    raise ImproperlyConfigured("WS_HEARTBEAT_SECONDS must be positive.")
 WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 64 * 1024)
 # An event's data, JSON-encoded, is refused above this; a frame the server
 # sends is at most this plus the envelope, well under WS_MAX_SERVER_FRAME_BYTES.
@@ -234,6 +242,9 @@ WS_RATE_LIMIT_PER_SECONDS = env_float("WS_RATE_LIMIT_PER_SECONDS", 1.0)
 WS_RATE_LIMIT_BURST = env_int("WS_RATE_LIMIT_BURST", 40)
 WS_RATE_LIMIT_STRIKES = env_int("WS_RATE_LIMIT_STRIKES", 10)
 WS_REPLAY_BATCH_SIZE = env_int("WS_REPLAY_BATCH_SIZE", 500)
+# A resume that would replay more than this is refused; older events come
+# from GET /api/events/ a page at a time.
+WS_RESUME_MAX_EVENTS = env_int("WS_RESUME_MAX_EVENTS", 10_000)
 # Origins allowed to open a WebSocket from a browser; "*" allows any. By
 # default the same hosts as ALLOWED_HOSTS, on any scheme and port.
 WS_ALLOWED_ORIGINS = env_list("WS_ALLOWED_ORIGINS", ALLOWED_HOSTS)

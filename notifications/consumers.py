@@ -1,21 +1,17 @@
-"""The WebSocket consumer: one user's events, in seq order, each once.
+"""The WebSocket consumer at /ws/notifications/: auth, protocol and timers.
 
-The channel layer is a hint that an event exists; the log is the truth. The
-consumer remembers the last seq it sent (``sent_seq``). A layer message at or
-below it is a duplicate and is dropped; one past a gap is preceded by the
-missing events read from the log. Every heartbeat re-joins the user's group
-and sends whatever the log has beyond ``sent_seq``, so a dropped layer
-message or a Redis restart delays an event by at most one heartbeat.
+What is delivered, and in what order, is ``delivery.Delivery``'s job; this
+module authenticates, parses client messages, enforces limits, and runs the
+heartbeat that re-joins the group and catches up from the log.
 """
 
 import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 from autobahn.exception import Disconnected
 from channels.db import database_sync_to_async
@@ -27,12 +23,12 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from .auth import JWT_SUBPROTOCOL, Identity, aidentity_from_token, token_from_subprotocols
+from .delivery import Delivery, ResumeRefused
 from .exceptions import AuthenticationFailed, ProtocolError
-from .frames import LayerEventMessage, encode, event_frame_text, isoformat_utc
-from .protocol import Ack, Auth, ClientMessage, Ping, Resume, client_message_parse
+from .frames import LayerEventMessage, encode, isoformat_utc
+from .protocol import BASE_PARSERS, Ack, Auth, ClientMessage, Parser, Ping, Resume, client_message_parse
 from .ratelimit import TokenBucket
-from .selectors import events_after, stream_last_seq
-from .services import astream_ack, user_group_name
+from .services import stream_ack, user_group_name
 
 logger = logging.getLogger(__name__)
 
@@ -43,21 +39,30 @@ CLOSE_UNAVAILABLE = 4503
 
 LAYER_TIMEOUT_SECONDS = 5.0
 CONNECT_WAIT_SECONDS = 5.0
+STOP_TIMEOUT_SECONDS = 5.0
+LAYER_RETRY_FIRST_SECONDS = 0.1
+LAYER_RETRY_MAX_SECONDS = 5.0
 
-aevents_after = database_sync_to_async(events_after)
-astream_last_seq = database_sync_to_async(stream_last_seq)
+astream_ack = database_sync_to_async(stream_ack)
 
 
 class NotificationConsumer(AsyncWebsocketConsumer):
+    """One user's live event stream.
+
+    Subclasses add client message types by extending ``message_parsers``
+    and overriding ``handle_message`` for the new message classes.
+    """
+
+    message_parsers: ClassVar[Mapping[str, Parser]] = BASE_PARSERS
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.identity: Identity | None = None
+        self.delivery: Delivery | None = None
         self.group: str | None = None
-        self.sent_seq = 0
         self.acked_seq = 0
         self.closing = False
         self.strikes = 0
-        self.delivery_lock = asyncio.Lock()
         self.timer_task: asyncio.Task[None] | None = None
         self.bucket = TokenBucket(
             rate_per_second=settings.WS_RATE_LIMIT_MESSAGES / settings.WS_RATE_LIMIT_PER_SECONDS,
@@ -67,9 +72,11 @@ class NotificationConsumer(AsyncWebsocketConsumer):
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Run the consumer; unlike the base class, survive a layer that is down.
 
-        The base class lets a failing ``new_channel()`` escape as an HTTP 500.
-        Here the client is told to come back later (close 4503), and the
-        timer task is always cancelled and awaited on the way out.
+        The base class lets a failing ``new_channel()`` escape as an HTTP 500
+        and a failing layer read end the connection with 1011. Here the
+        client is told to come back later (4503), a failed read is retried
+        with backoff while the heartbeat keeps delivering from the log, and
+        the timer task is always stopped on the way out.
         """
         self.scope = scope
         self.base_send = send
@@ -83,13 +90,23 @@ class NotificationConsumer(AsyncWebsocketConsumer):
                 logger.warning("Channel layer unavailable, refusing a WebSocket: %s", exc)
                 await self._refuse_unavailable(receive)
                 return
-            self.channel_receive = partial(self.channel_layer.receive, self.channel_name)
             try:
-                await await_many_dispatch([receive, self.channel_receive], self.dispatch)
+                await await_many_dispatch([receive, self._layer_receive], self.dispatch)
             except StopConsumer:
                 pass
         finally:
             await self._timers_stop()
+
+    async def _layer_receive(self) -> dict[str, Any]:
+        delay = LAYER_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                message: dict[str, Any] = await self.channel_layer.receive(self.channel_name)
+                return message
+            except Exception as exc:  # Redis down or restarting; the log still delivers.
+                logger.warning("Channel layer read failed, retrying in %.1fs: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, LAYER_RETRY_MAX_SECONDS)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Dispatch by type without the base class's per-message thread hop.
@@ -120,19 +137,29 @@ class NotificationConsumer(AsyncWebsocketConsumer):
             logger.info("WebSocket refused: %s", exc)
             await self._close(CLOSE_UNAUTHORIZED)
             return
+        except DatabaseError as exc:
+            logger.warning("WebSocket refused, database unavailable: %s", exc)
+            await self._close(CLOSE_UNAVAILABLE)
+            return
         self.identity = identity
         self.group = user_group_name(identity.user_id)
+        self.delivery = Delivery(user_id=identity.user_id, send_text=self._send_text)
         # Join before reading last_seq: an event committed after the read then
         # arrives through the group, and one committed before it is <= last_seq.
         if not await self._group_join():
             await self._close(CLOSE_UNAVAILABLE)
             return
-        self.sent_seq = await astream_last_seq(user_id=identity.user_id)
+        try:
+            last_seq = await self.delivery.start()
+        except DatabaseError as exc:
+            logger.warning("WebSocket refused, database unavailable: %s", exc)
+            await self._close(CLOSE_UNAVAILABLE)
+            return
         await self._send(
             {
                 "type": "hello",
                 "user": {"id": identity.user_id, "username": identity.username},
-                "last_seq": self.sent_seq,
+                "last_seq": last_seq,
                 "heartbeat_seconds": _number(settings.WS_HEARTBEAT_SECONDS),
             }
         )
@@ -172,15 +199,18 @@ class NotificationConsumer(AsyncWebsocketConsumer):
             await self._send_error("invalid_message", f"Messages are limited to {settings.WS_MAX_MESSAGE_BYTES} bytes.")
             return
         try:
-            parsed = client_message_parse(text)
+            parsed = client_message_parse(text, self.message_parsers)
+            await self.handle_message(parsed)
         except ProtocolError as exc:
             await self._send_error(exc.code, exc.detail)
-            return
-        await self._client_message(parsed)
+        except DatabaseError as exc:
+            logger.warning("Client message failed, database unavailable: %s", exc)
+            await self._send_error("unavailable", "The server could not do that just now; try again shortly.")
 
     # Client messages.
 
-    async def _client_message(self, message: ClientMessage) -> None:
+    async def handle_message(self, message: ClientMessage | Any) -> None:
+        """Act on one parsed client message; raise ``ProtocolError`` to answer with an error."""
         match message:
             case Ping(ref=ref):
                 await self._send({"type": "pong"} if ref is None else {"type": "pong", "ref": ref})
@@ -190,27 +220,24 @@ class NotificationConsumer(AsyncWebsocketConsumer):
                 await self._ack(seq)
             case Auth(token=token):
                 await self._reauthenticate(token)
+            case _:
+                raise ValueError(f"No handler for {message!r}")
 
     async def _resume(self, after: int) -> None:
-        assert self.identity is not None
-        async with self.delivery_lock:
-            last_seq = await astream_last_seq(user_id=self.identity.user_id)
-            if after > last_seq:
-                await self._send_error("invalid_message", f"Cannot resume after {after}: the last event is {last_seq}.")
-                return
-            # The client states what it has: replay everything after that,
-            # even events this connection already sent.
-            self.sent_seq = after
-            count = await self._send_from_log()
-            await self._send({"type": "resumed", "after": after, "last_seq": self.sent_seq, "count": count})
+        assert self.delivery is not None
+        try:
+            resumed = await self.delivery.resume(after)
+        except ResumeRefused as exc:
+            raise ProtocolError("invalid_message", str(exc)) from None
+        await self._send({"type": "resumed", **dataclasses.asdict(resumed)})
 
     async def _ack(self, seq: int) -> None:
-        assert self.identity is not None
-        if seq > self.sent_seq:
-            await self._send_error(
-                "invalid_message", f"Cannot ack {seq}: the last event sent on this connection is {self.sent_seq}."
+        assert self.identity is not None and self.delivery is not None
+        if seq > self.delivery.sent_seq:
+            raise ProtocolError(
+                "invalid_message",
+                f"Cannot ack {seq}: the last event sent on this connection is {self.delivery.sent_seq}.",
             )
-            return
         if seq <= self.acked_seq:
             return
         await astream_ack(user_id=self.identity.user_id, seq=seq)
@@ -221,57 +248,30 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         try:
             identity = await aidentity_from_token(token)
         except AuthenticationFailed as exc:
-            await self._send_error("invalid_token", str(exc))
-            return
+            raise ProtocolError("invalid_token", str(exc)) from None
         if identity.user_id != self.identity.user_id:
-            await self._send_error("invalid_token", "The token belongs to a different user.")
-            return
+            raise ProtocolError("invalid_token", "The token belongs to a different user.")
         self.identity = dataclasses.replace(
             self.identity, expires_at=max(identity.expires_at, self.identity.expires_at)
         )
         await self._send({"type": "auth.ok", "expires_at": _unix_to_iso(self.identity.expires_at)})
 
-    # Delivery.
+    # Live events.
 
     async def notification_event(self, message: LayerEventMessage) -> None:
-        """Deliver a live event from the layer, filling any gap from the log first."""
-        seq = message["seq"]
-        async with self.delivery_lock:
-            if self.closing or seq <= self.sent_seq:
-                return
-            if seq > self.sent_seq + 1:
-                try:
-                    await self._send_from_log(upto=seq - 1)
-                except DatabaseError as exc:
-                    logger.warning("Gap before seq %s not filled yet, the heartbeat will: %s", seq, exc)
-                    return
-                if self.sent_seq != seq - 1:
-                    return  # Closing, or the log is behind; the heartbeat retries.
-            await self._send_text(message["frame"])
-            self.sent_seq = seq
-
-    async def _send_from_log(self, *, upto: int | None = None) -> int:
-        """Send the log's events after ``sent_seq`` (up to ``upto``); return how many.
-
-        The caller holds ``delivery_lock``.
-        """
-        assert self.identity is not None
-        batch_size: int = settings.WS_REPLAY_BATCH_SIZE
-        sent = 0
-        while not self.closing:
-            limit = batch_size if upto is None else min(batch_size, upto - self.sent_seq)
-            if limit <= 0:
-                break
-            batch = await aevents_after(user_id=self.identity.user_id, after=self.sent_seq, limit=limit)
-            for event in batch:
-                if self.closing:
-                    break
-                await self._send_text(event_frame_text(event))
-                self.sent_seq = event.seq
-                sent += 1
-            if len(batch) < limit:
-                break
-        return sent
+        """Deliver a live event from the layer (the gap before it, if any, from the log)."""
+        if self.closing or self.delivery is None:
+            return
+        if message["user_id"] != self.delivery.user_id:
+            # Only possible if another deployment shares this Redis and prefix.
+            logger.warning(
+                "Dropped a layer event for user %s on user %s's connection", message["user_id"], self.delivery.user_id
+            )
+            return
+        try:
+            await self.delivery.live(seq=message["seq"], frame=message["frame"])
+        except DatabaseError as exc:
+            logger.warning("Gap before seq %s not filled yet, the next heartbeat will: %s", message["seq"], exc)
 
     # Heartbeat and token expiry.
 
@@ -284,8 +284,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         while not self.closing:
             token_left = self.identity.expires_at - time.time()
             if token_left <= 0:
-                logger.info("Closing connection of user %s: access token expired", self.identity.user_id)
-                await self._close(CLOSE_UNAUTHORIZED)
+                await self._expire()
                 return
             delay = min(next_beat - loop.time(), token_left)
             if delay > 0:
@@ -298,29 +297,40 @@ class NotificationConsumer(AsyncWebsocketConsumer):
             next_beat = loop.time() + heartbeat
 
     async def _heartbeat(self) -> None:
-        await self._group_join()
+        """Catch up from the log, send the heartbeat, then re-join the group.
+
+        The log comes first so that a hung Redis cannot delay it; membership
+        can vanish with a Redis restart, so it is renewed every beat.
+        """
+        assert self.delivery is not None
         try:
-            async with self.delivery_lock:
-                if self.closing:
-                    return
-                await self._send_from_log()
-                await self._send({"type": "heartbeat", "last_seq": self.sent_seq})
+            last_seq = await self.delivery.catch_up()
         except DatabaseError as exc:
             logger.warning("Heartbeat could not read the log, retrying next beat: %s", exc)
+        else:
+            await self._send({"type": "heartbeat", "last_seq": last_seq})
+        await self._group_join()
+
+    async def _expire(self) -> None:
+        assert self.identity is not None
+        logger.info("Closing connection of user %s: access token expired", self.identity.user_id)
+        await self._close(CLOSE_UNAUTHORIZED)
 
     async def _timers_stop(self) -> None:
         task, self.timer_task = self.timer_task, None
         if task is None:
             return
         task.cancel()
-        await asyncio.wait([task])
-        if not task.cancelled() and task.exception() is not None:
+        done, _ = await asyncio.wait([task], timeout=STOP_TIMEOUT_SECONDS)
+        if not done:
+            logger.error("Connection timer task did not stop within %ss", STOP_TIMEOUT_SECONDS)
+        elif not task.cancelled() and task.exception() is not None:
             logger.error("Connection timer task failed", exc_info=task.exception())
 
     # Helpers.
 
     async def _group_join(self) -> bool:
-        """(Re-)join the user's group; membership can vanish with a Redis restart."""
+        """(Re-)join the user's group."""
         assert self.group is not None
         try:
             await asyncio.wait_for(
@@ -335,6 +345,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         try:
             message = await asyncio.wait_for(receive(), timeout=CONNECT_WAIT_SECONDS)
         except TimeoutError:
+            logger.info("Client sent no handshake within %ss; dropping it", CONNECT_WAIT_SECONDS)
             return
         if message["type"] != "websocket.connect":
             return
@@ -351,26 +362,32 @@ class NotificationConsumer(AsyncWebsocketConsumer):
     async def _send(self, frame: dict[str, Any]) -> None:
         await self._send_text(encode(frame))
 
-    async def _send_text(self, text: str) -> None:
-        """Send a frame unless the connection is closing; a send that loses the race is not an error.
+    async def _send_text(self, text: str) -> bool:
+        """Send a frame; return False once the connection is closing.
 
-        The peer can close between our check and the send: daphne then
-        raises autobahn's ``Disconnected`` (other ASGI servers an ``OSError``)
-        before its disconnect message reaches us. The connection is over
-        either way, and anything unsent is still in the log for a resume.
+        The token is checked on every send, so a long replay cannot outlive
+        it. The peer can also close between our check and the send: daphne
+        then raises autobahn's ``Disconnected`` (other ASGI servers an
+        ``OSError``) before its disconnect message reaches us. The connection
+        is over either way, and anything unsent is still in the log.
         """
         if self.closing:
-            return
+            return False
+        if self.identity is not None and time.time() >= self.identity.expires_at:
+            await self._expire()
+            return False
         try:
             await self.send(text_data=text)
         except (Disconnected, OSError) as exc:
             logger.debug("Send after the peer closed, dropped: %s", exc)
             self.closing = True
+            return False
+        return True
 
     async def _send_error(self, code: str, detail: str) -> None:
         await self._send({"type": "error", "code": code, "detail": detail})
 
-    _HANDLERS: dict[str, Callable[["NotificationConsumer", Any], Awaitable[None]]] = {
+    _HANDLERS: ClassVar[dict[str, Callable[["NotificationConsumer", Any], Awaitable[None]]]] = {
         "websocket.connect": websocket_connect,
         "websocket.receive": websocket_receive,
         "websocket.disconnect": websocket_disconnect,

@@ -26,6 +26,7 @@ class LayerEventMessage(TypedDict):
     """
 
     type: Literal["notification.event"]
+    user_id: int
     seq: int
     frame: str
 

@@ -1,7 +1,7 @@
 """Parse and validate client-to-server WebSocket messages (docs/protocol.md)."""
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,10 +35,15 @@ class Auth:
 
 
 ClientMessage = Ping | Resume | Ack | Auth
+Parser = Callable[[dict[str, Any]], Any]
 
 
-def client_message_parse(text: str) -> ClientMessage:
-    """Turn one text frame into a typed message, or raise ``ProtocolError``."""
+def client_message_parse(text: str, parsers: Mapping[str, Parser] | None = None) -> Any:
+    """Turn one text frame into a typed message, or raise ``ProtocolError``.
+
+    ``parsers`` maps each message type to the function that validates its
+    fields; it defaults to the base protocol's four types.
+    """
     try:
         content = json.loads(text)
     except ValueError:
@@ -47,23 +52,23 @@ def client_message_parse(text: str) -> ClientMessage:
         raise ProtocolError("invalid_message", "A message must be a JSON object.")
     kind = content.get("type")
     if kind is None:
-        raise ProtocolError("invalid_message", 'A message must have a "type" field.')
+        raise ProtocolError("unknown_type", 'A message must have a "type" field.')
     if not isinstance(kind, str):
-        raise ProtocolError("invalid_message", '"type" must be a string.')
-    parser = _PARSERS.get(kind)
+        raise ProtocolError("unknown_type", '"type" must be a string.')
+    parser = (BASE_PARSERS if parsers is None else parsers).get(kind)
     if parser is None:
         raise ProtocolError("unknown_type", f"Unknown message type {kind[:64]!r}.")
     fields = {key: value for key, value in content.items() if key != "type"}
     return parser(fields)
 
 
-def _only(fields: dict[str, Any], kind: str, allowed: set[str]) -> None:
+def fields_only(fields: dict[str, Any], kind: str, allowed: set[str]) -> None:
     extra = sorted(set(fields) - allowed)
     if extra:
         raise ProtocolError("invalid_message", f"Unexpected field(s) for {kind}: {', '.join(extra)[:200]}.")
 
 
-def _seq_field(fields: dict[str, Any], kind: str, name: str) -> int:
+def seq_field(fields: dict[str, Any], kind: str, name: str) -> int:
     if name not in fields:
         raise ProtocolError("invalid_message", f'{kind} needs "{name}", a non-negative integer.')
     value = fields[name]
@@ -74,7 +79,7 @@ def _seq_field(fields: dict[str, Any], kind: str, name: str) -> int:
 
 
 def _ping(fields: dict[str, Any]) -> Ping:
-    _only(fields, "ping", {"ref"})
+    fields_only(fields, "ping", {"ref"})
     ref = fields.get("ref")
     if ref is None:
         return Ping()
@@ -86,24 +91,24 @@ def _ping(fields: dict[str, Any]) -> Ping:
 
 
 def _resume(fields: dict[str, Any]) -> Resume:
-    _only(fields, "resume", {"after"})
-    return Resume(after=_seq_field(fields, "resume", "after"))
+    fields_only(fields, "resume", {"after"})
+    return Resume(after=seq_field(fields, "resume", "after"))
 
 
 def _ack(fields: dict[str, Any]) -> Ack:
-    _only(fields, "ack", {"seq"})
-    return Ack(seq=_seq_field(fields, "ack", "seq"))
+    fields_only(fields, "ack", {"seq"})
+    return Ack(seq=seq_field(fields, "ack", "seq"))
 
 
 def _auth(fields: dict[str, Any]) -> Auth:
-    _only(fields, "auth", {"token"})
+    fields_only(fields, "auth", {"token"})
     token = fields.get("token")
     if not isinstance(token, str) or not token or len(token) > TOKEN_MAX_CHARS:
         raise ProtocolError("invalid_message", 'auth needs "token", a non-empty string.')
     return Auth(token=token)
 
 
-_PARSERS: dict[str, Callable[[dict[str, Any]], ClientMessage]] = {
+BASE_PARSERS: Mapping[str, Parser] = {
     "ping": _ping,
     "resume": _resume,
     "ack": _ack,

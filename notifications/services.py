@@ -72,6 +72,7 @@ async def aevent_publish(*, event: Event) -> bool:
     """
     message: LayerEventMessage = {
         "type": "notification.event",
+        "user_id": event.user_id,
         "seq": event.seq,
         "frame": event_frame_text(event),
     }
@@ -107,10 +108,6 @@ async def alayer_ping(*, timeout_seconds: float) -> None:
 def stream_ack(*, user_id: int, seq: int) -> None:
     """Record that the user has everything up to ``seq``; never moves backwards."""
     Stream.objects.filter(user_id=user_id, acked_seq__lt=seq).update(acked_seq=seq)
-
-
-async def astream_ack(*, user_id: int, seq: int) -> None:
-    await database_sync_to_async(stream_ack)(user_id=user_id, seq=seq)
 
 
 def _event_validate(*, event: str, run_id: uuid.UUID | str, agent: str, data: object) -> uuid.UUID:

@@ -119,7 +119,9 @@ def daphne_factory(
             "REDIS_URL": redis_url,
             "CHANNEL_LAYER_PREFIX": SESSION_PREFIX,
             "DJANGO_SECRET_KEY": django_settings.SECRET_KEY,
-            "WS_HEARTBEAT_SECONDS": "0.5",
+            # Long enough that only the live path can deliver within a test's
+            # timeouts; tests about the heartbeat use ``daphne_beating``.
+            "WS_HEARTBEAT_SECONDS": "60",
             "LOG_LEVEL": "INFO",
             **env,
         }
@@ -137,6 +139,22 @@ def daphne_factory(
 def daphne(daphne_factory: Callable[..., DaphneServer], redis_url: str) -> DaphneServer:
     """The suite's shared server, for tests that do not stop or reconfigure it."""
     return daphne_factory(redis_url=redis_url)
+
+
+@pytest.fixture(scope="session")
+def daphne_beating(daphne_factory: Callable[..., DaphneServer], redis_url: str) -> DaphneServer:
+    """A shared server with a fast heartbeat, for tests of the heartbeat's catch-up."""
+    return daphne_factory(redis_url=redis_url, WS_HEARTBEAT_SECONDS="0.3")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def short_lived_db_connections(django_db_setup: None) -> None:
+    """Close this process's database connections after each use, in every thread.
+
+    Thread-pool threads would otherwise keep connections open, and the
+    test database could not be dropped at the end.
+    """
+    connections.settings["default"]["CONN_MAX_AGE"] = 0
 
 
 @pytest.fixture

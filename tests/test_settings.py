@@ -61,9 +61,3 @@ def test_env_helpers_reject_garbage(monkeypatch: pytest.MonkeyPatch) -> None:
         project_settings.env_int("X_INT", 1)
     monkeypatch.setenv("X_LIST", "a, b,,c")
     assert project_settings.env_list("X_LIST", []) == ["a", "b", "c"]
-
-
-def test_redis_socket_timeout_is_above_the_blocking_read() -> None:
-    layers = project_settings.redis_channel_layers(redis_url="redis://h:1/0", layer="core", prefix="p")
-    config = layers["default"]["CONFIG"]
-    assert config["hosts"][0]["socket_timeout"] > config["brpop_timeout_seconds"]  # type: ignore[index]

@@ -56,6 +56,14 @@ class Client:
                 received.append(frame)
         return received
 
+    async def settle(self) -> list[dict[str, Any]]:
+        """Round-trip a ping; return every non-heartbeat frame that came before the pong."""
+        await self.send({"type": "ping", "ref": "settle"})
+        seen: list[dict[str, Any]] = []
+        while (frame := await self.recv()) != {"type": "pong", "ref": "settle"}:
+            seen.append(frame)
+        return seen
+
     async def quiet(self, *, beats: int = 2) -> list[dict[str, Any]]:
         """Read until ``beats`` heartbeats pass; return every non-heartbeat frame seen.
 

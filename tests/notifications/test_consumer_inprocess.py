@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from autobahn.exception import Disconnected
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
@@ -17,7 +18,9 @@ from channels.testing import WebsocketCommunicator
 from config.asgi import application
 from config.settings import redis_channel_layers
 from notifications.consumers import NotificationConsumer
-from notifications.services import aevent_record
+from notifications.frames import event_frame_text
+from notifications.models import Event
+from notifications.services import _event_write, aevent_record, user_group_name
 from tests.servers import free_port
 from tests.wsclient import access_token
 
@@ -109,4 +112,94 @@ async def test_hello_gives_whole_heartbeat_seconds_as_an_integer(settings: Any, 
     await client.connect(timeout=5)
     hello = await client.receive_from(timeout=5)
     assert '"heartbeat_seconds":25}' in hello
+    await client.disconnect(timeout=5)
+
+
+@pytest.fixture
+def quiet_heartbeat(settings: Any) -> None:
+    """A heartbeat that never comes during the test: only the live path can deliver."""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    settings.WS_HEARTBEAT_SECONDS = 3600
+
+
+def _log_only(user_id: int, count: int) -> list[Event]:
+    """Write events to the log without publishing them (as if their publish was lost)."""
+    return [
+        _event_write(user_id=user_id, event="agent_thinking", run_id=uuid.uuid4(), agent="demo", data={"n": n})
+        for n in range(count)
+    ]
+
+
+async def _publish_raw(event: Event, *, user_id: int | None = None) -> None:
+    await get_channel_layer().group_send(
+        user_group_name(event.user_id),
+        {
+            "type": "notification.event",
+            "user_id": event.user_id if user_id is None else user_id,
+            "seq": event.seq,
+            "frame": event_frame_text(event),
+        },
+    )
+
+
+async def _connected(user: Any) -> WebsocketCommunicator:
+    client = communicator(user)
+    await client.connect(timeout=5)
+    assert (await client.receive_json_from(timeout=5))["type"] == "hello"
+    return client
+
+
+@pytest.mark.usefixtures("quiet_heartbeat")
+async def test_live_event_after_a_gap_is_preceded_by_the_missing_ones(alice: Any) -> None:
+    client = await _connected(alice)
+    events = await sync_to_async(_log_only)(alice.pk, 4)
+    await _publish_raw(events[3])  # 1 to 3 were never published.
+    received = [await client.receive_json_from(timeout=5) for _ in range(4)]
+    assert [frame["seq"] for frame in received] == [1, 2, 3, 4]
+    assert [frame["id"] for frame in received] == [str(event.id) for event in events]
+    await client.disconnect(timeout=5)
+
+
+@pytest.mark.usefixtures("quiet_heartbeat")
+async def test_duplicate_and_stale_live_events_are_dropped(alice: Any) -> None:
+    client = await _connected(alice)
+    events = await sync_to_async(_log_only)(alice.pk, 3)
+    for event in (events[0], events[1], events[0], events[1], events[2], events[2]):
+        await _publish_raw(event)
+    received = [await client.receive_json_from(timeout=5) for _ in range(3)]
+    assert [frame["seq"] for frame in received] == [1, 2, 3]
+    await client.send_json_to({"type": "ping"})
+    assert await client.receive_json_from(timeout=5) == {"type": "pong"}
+    await client.disconnect(timeout=5)
+
+
+@pytest.mark.usefixtures("quiet_heartbeat")
+async def test_layer_event_for_another_user_is_dropped(alice: Any, bob: Any) -> None:
+    client = await _connected(alice)
+    [bobs] = await sync_to_async(_log_only)(bob.pk, 1)
+    [alices] = await sync_to_async(_log_only)(alice.pk, 1)
+    # Bob's frame, wrongly addressed to Alice's group (as another deployment
+    # sharing the Redis prefix could): it must not reach her.
+    await get_channel_layer().group_send(
+        user_group_name(alice.pk),
+        {"type": "notification.event", "user_id": bob.pk, "seq": 1, "frame": event_frame_text(bobs)},
+    )
+    await _publish_raw(alices)
+    frame = await client.receive_json_from(timeout=5)
+    assert frame["id"] == str(alices.id)
+    await client.disconnect(timeout=5)
+
+
+@pytest.mark.usefixtures("quiet_heartbeat")
+async def test_resume_past_the_replay_limit_is_refused(alice: Any, settings: Any) -> None:
+    settings.WS_RESUME_MAX_EVENTS = 5
+    await sync_to_async(_log_only)(alice.pk, 8)
+    client = await _connected(alice)
+    await client.send_json_to({"type": "resume", "after": 2})
+    error = await client.receive_json_from(timeout=5)
+    assert error["code"] == "invalid_message"
+    assert "would replay 6 events, more than 5" in error["detail"]
+    await client.send_json_to({"type": "resume", "after": 3})
+    assert [(await client.receive_json_from(timeout=5))["seq"] for _ in range(5)] == [4, 5, 6, 7, 8]
+    assert await client.receive_json_from(timeout=5) == {"type": "resumed", "after": 3, "last_seq": 8, "count": 5}
     await client.disconnect(timeout=5)

@@ -31,7 +31,7 @@ def test_auth_repr_never_shows_the_token() -> None:
         ("", "invalid_json"),
         ("nul", "invalid_json"),
         ("null", "invalid_message"),
-        ('{"type": null}', "invalid_message"),
+        ('{"type": null}', "unknown_type"),
         ('{"type": "PING"}', "unknown_type"),
         ('{"type": "ping", "ref": true}', "invalid_message"),
         ('{"type": "ping", "ref": "' + "r" * 129 + '"}', "invalid_message"),

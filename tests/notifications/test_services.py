@@ -47,17 +47,17 @@ async def record(user_id: int, event: str = "agent_thinking", **data: Any) -> Ev
     return await aevent_record(user_id=user_id, event=event, run_id=uuid.uuid4(), agent="demo", data=data)
 
 
-def test_group_name_is_per_user() -> None:
-    assert user_group_name(7) == "user.7"
-    assert user_group_name(7) != user_group_name(77)
-
-
 async def test_record_publishes_the_frame_to_the_users_group_only(layer: Any, alice: Any, bob: Any) -> None:
     mine = await member_of(layer, alice.pk)
     theirs = await member_of(layer, bob.pk)
     event = await record(alice.pk, thought="hi", step=1)
     message = await asyncio.wait_for(layer.receive(mine), timeout=2)
-    assert message == {"type": "notification.event", "seq": 1, "frame": event_frame_text(event)}
+    assert message == {
+        "type": "notification.event",
+        "user_id": alice.pk,
+        "seq": 1,
+        "frame": event_frame_text(event),
+    }
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(layer.receive(theirs), timeout=0.2)
     stored = await Event.objects.aget(pk=event.pk)

@@ -1,0 +1,113 @@
+"""One connection's delivery state: each of one user's events once, in seq order.
+
+The channel layer is a hint that an event exists; the log is the truth.
+``sent_seq`` is the last seq sent on the connection. A live event at or below
+it is a duplicate and is dropped; one past a gap is preceded by the missing
+events read from the log. ``catch_up`` sends whatever the log holds beyond
+``sent_seq``, which is how a lost layer message or a Redis restart costs at
+most one heartbeat.
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from .frames import event_frame_text
+from .selectors import events_after, stream_last_seq
+
+logger = logging.getLogger(__name__)
+
+aevents_after = database_sync_to_async(events_after)
+astream_last_seq = database_sync_to_async(stream_last_seq)
+
+SendText = Callable[[str], Awaitable[bool]]
+
+
+class ResumeRefused(ValueError):
+    """A resume the server will not replay; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    after: int
+    last_seq: int
+    count: int
+
+
+class Delivery:
+    """Track and send one user's events on one connection.
+
+    ``send_text`` sends a frame and returns False once the connection is
+    closing, which stops any replay in progress. All sends of events go
+    through ``lock``, so live events, catch-up and resume never interleave.
+    """
+
+    def __init__(self, *, user_id: int, send_text: SendText) -> None:
+        self.user_id = user_id
+        self.send_text = send_text
+        self.sent_seq = 0
+        self.lock = asyncio.Lock()
+
+    async def start(self) -> int:
+        """Start from the user's newest event; return its seq (0 if none)."""
+        self.sent_seq = await astream_last_seq(user_id=self.user_id)
+        return self.sent_seq
+
+    async def live(self, *, seq: int, frame: str) -> None:
+        """Deliver a live event, filling any gap before it from the log."""
+        async with self.lock:
+            if seq <= self.sent_seq:
+                return
+            if seq > self.sent_seq + 1:
+                await self._send_from_log(upto=seq - 1)
+                if self.sent_seq != seq - 1:
+                    return  # Closing, or the log read came up short; the next catch-up retries.
+            if await self.send_text(frame):
+                self.sent_seq = seq
+
+    async def catch_up(self) -> int:
+        """Send everything the log has beyond ``sent_seq``; return the new ``sent_seq``."""
+        async with self.lock:
+            await self._send_from_log()
+            return self.sent_seq
+
+    async def resume(self, after: int) -> Resumed:
+        """Replay every event after ``after``, even ones this connection already sent.
+
+        The client states what it has; the server believes it. Refused when
+        ``after`` is past the log's end or the replay would be too long.
+        """
+        async with self.lock:
+            last_seq = await astream_last_seq(user_id=self.user_id)
+            if after > last_seq:
+                raise ResumeRefused(f"Cannot resume after {after}: the last event is {last_seq}.")
+            limit: int = settings.WS_RESUME_MAX_EVENTS
+            if last_seq - after > limit:
+                raise ResumeRefused(
+                    f"Resuming after {after} would replay {last_seq - after} events, more than {limit}; "
+                    "load older events from GET /api/events/ and resume from a later seq."
+                )
+            self.sent_seq = after
+            count = await self._send_from_log()
+            return Resumed(after=after, last_seq=self.sent_seq, count=count)
+
+    async def _send_from_log(self, *, upto: int | None = None) -> int:
+        """Send the log's events after ``sent_seq`` (up to ``upto``) in batches; return how many."""
+        batch_size: int = settings.WS_REPLAY_BATCH_SIZE
+        sent = 0
+        while True:
+            limit = batch_size if upto is None else min(batch_size, upto - self.sent_seq)
+            if limit <= 0:
+                return sent
+            batch = await aevents_after(user_id=self.user_id, after=self.sent_seq, limit=limit)
+            for event in batch:
+                if not await self.send_text(event_frame_text(event)):
+                    return sent
+                self.sent_seq = event.seq
+                sent += 1
+            if len(batch) < limit:
+                return sent
