@@ -15,6 +15,7 @@ from daphne.cli import CommandLineInterface
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
 from django.conf import settings
+from django.utils.module_loading import import_string
 from twisted.internet import defer, reactor
 
 logger = logging.getLogger(__name__)
@@ -46,12 +47,20 @@ class GracefulServer(Server):
         self.ws_factory.setProtocolOptions(failByDrop=False)
 
     def kill_all_applications(self) -> defer.Deferred[Any]:
-        """Close open WebSockets with 1001, wait (bounded) for the handshakes, then cancel.
+        """Run the shutdown hooks and close WebSockets with 1001, then cancel what is left.
 
-        The wait matters: once this returns, Twisted drops every connection
-        without flushing, so a close frame still in a buffer would be lost.
-        Clients that answer the close let their consumers end normally.
+        Both are waited for (each bounded): once this returns, Twisted drops
+        every connection without flushing, so a close frame still in a buffer
+        would be lost, and the hooks (cancelling agent runs, which record
+        their end) must finish before the process exits.
         """
+        hooks = defer.Deferred.fromFuture(asyncio.ensure_future(_run_shutdown_hooks()))
+        both = defer.gatherResults([hooks, self._close_websockets()], consumeErrors=True)
+        both.addBoth(lambda _: self._cancel_applications())
+        return both
+
+    def _close_websockets(self) -> defer.Deferred[None]:
+        """Send 1001 to every open WebSocket and wait, bounded, for the closing handshakes."""
         closing = [
             protocol
             for protocol in self.connections
@@ -69,7 +78,6 @@ class GracefulServer(Server):
                 reactor.callLater(CLOSE_POLL_SECONDS, check)  # type: ignore[arg-type]
 
         check()
-        done.addCallback(lambda _: self._cancel_applications())
         return done
 
     def _cancel_applications(self) -> defer.Deferred[Any]:
@@ -89,6 +97,15 @@ class GracefulServer(Server):
         waiting = defer.Deferred.fromFuture(asyncio.gather(*running, return_exceptions=True))
         waiting.addErrback(lambda failure: logger.warning("Application cancellation failed: %s", failure))
         return waiting
+
+
+async def _run_shutdown_hooks() -> None:
+    """Await each of settings.SHUTDOWN_HOOKS; one failing does not stop the others."""
+    for path in settings.SHUTDOWN_HOOKS:
+        try:
+            await import_string(path)()
+        except Exception:  # Shutdown goes on; the failure is logged.
+            logger.exception("Shutdown hook %s failed", path)
 
 
 class ServiceCommandLineInterface(CommandLineInterface):

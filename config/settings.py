@@ -79,6 +79,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "channels",
     "notifications",
+    "agents",
 ]
 
 MIDDLEWARE = [
@@ -252,6 +253,20 @@ WS_ALLOWED_ORIGINS = env_list("WS_ALLOWED_ORIGINS", ALLOWED_HOSTS)
 # On SIGTERM the server closes WebSockets with 1001 and waits this long for
 # clients to answer before cancelling what is left.
 SHUTDOWN_CLOSE_GRACE_SECONDS = env_float("SHUTDOWN_CLOSE_GRACE_SECONDS", 2.0)
+
+# Agent runs.
+AGENT_RUN_TIMEOUT_SECONDS = env_float("AGENT_RUN_TIMEOUT_SECONDS", 60.0)
+AGENT_RUN_MAX_TIMEOUT_SECONDS = env_float("AGENT_RUN_MAX_TIMEOUT_SECONDS", 600.0)
+AGENT_MAX_ACTIVE_RUNS_PER_USER = env_int("AGENT_MAX_ACTIVE_RUNS_PER_USER", 5)
+AGENT_INPUT_MAX_BYTES = env_int("AGENT_INPUT_MAX_BYTES", 16 * 1024)
+# How often a process checks whether another process asked to cancel one of its runs.
+AGENT_CANCEL_POLL_SECONDS = env_float("AGENT_CANCEL_POLL_SECONDS", 0.5)
+# On shutdown, how long runs get to record their cancellation.
+AGENT_SHUTDOWN_TIMEOUT_SECONDS = env_float("AGENT_SHUTDOWN_TIMEOUT_SECONDS", 5.0)
+# A run still active this long past its timeout lost its process.
+AGENT_LOST_GRACE_SECONDS = env_float("AGENT_LOST_GRACE_SECONDS", 60.0)
+# Async callables (dotted paths) the server awaits on SIGTERM, beside closing sockets.
+SHUTDOWN_HOOKS = env_list("SHUTDOWN_HOOKS", ["agents.supervisor.ashutdown"])
 
 EVENTS_PAGE_MAX = env_int("EVENTS_PAGE_MAX", 500)
 EVENTS_PAGE_DEFAULT = env_int("EVENTS_PAGE_DEFAULT", 100)

@@ -6,5 +6,6 @@ from notifications.views import healthz
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("notifications.urls")),
+    path("api/", include("agents.urls")),
     path("healthz", healthz, name="healthz"),
 ]

@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -59,6 +60,35 @@ async def aevent_record(
     return record
 
 
+async def aevent_record_if(
+    *,
+    condition: Callable[[], bool],
+    user_id: int,
+    event: str,
+    run_id: uuid.UUID | str,
+    agent: str,
+    data: dict[str, Any],
+) -> Event | None:
+    """Run ``condition`` and write the event in one transaction, then publish.
+
+    ``condition`` runs first, inside the transaction (for example, a
+    conditional update that claims a state change); when it returns False
+    nothing is written and None is returned. This is how a caller makes
+    "change my state and log the event" atomic.
+    """
+
+    def write() -> Event | None:
+        with transaction.atomic():
+            if not condition():
+                return None
+            return _event_write(user_id=user_id, event=event, run_id=run_id, agent=agent, data=data)
+
+    record: Event | None = await database_sync_to_async(write)()
+    if record is not None:
+        await aevent_publish(event=record)
+    return record
+
+
 def event_publish(*, event: Event) -> bool:
     """Publish one logged event; return whether the layer accepted it."""
     return bool(async_to_sync(aevent_publish)(event=event))
@@ -103,6 +133,21 @@ async def alayer_ping(*, timeout_seconds: float) -> None:
     await asyncio.wait_for(
         layer.group_send(f"healthz.{uuid.uuid4().hex}", {"type": "healthz.ping"}), timeout=timeout_seconds
     )
+
+
+async def alayer_close() -> None:
+    """Close this event loop's channel-layer connections (before a command's loop ends).
+
+    channels-redis pools belong to the loop that opened them. The core
+    layer's ``flush`` would delete everything in Redis, so it gets
+    ``close_pools``; the pub/sub layer's ``flush`` only closes connections.
+    """
+    layer = get_channel_layer()
+    close_pools = getattr(layer, "close_pools", None)
+    if close_pools is not None:
+        await close_pools()
+    elif hasattr(layer, "_get_layer"):
+        await layer.flush()
 
 
 def stream_ack(*, user_id: int, seq: int) -> None:

@@ -1,0 +1,48 @@
+"""Errors of the agents app.
+
+``AgentError`` and its subclasses carry messages written for the user: they
+end a run as ``agent_error`` with that message. Any other exception from an
+agent is reported without its text, which could hold internals.
+"""
+
+
+class AgentError(Exception):
+    """An agent failed, for a reason the user may read."""
+
+
+class ToolError(AgentError):
+    """A tool failed or was called wrongly."""
+
+
+class LifecycleError(AgentError):
+    """An agent emitted out of lifecycle order: a programming error in the agent."""
+
+
+class RunRefused(Exception):
+    """A run could not be started; ``code`` is the protocol error code."""
+
+    code = "invalid_message"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class UnknownAgent(RunRefused):
+    code = "unknown_agent"
+
+
+class InvalidRunInput(RunRefused):
+    code = "invalid_message"
+
+
+class TooManyRuns(RunRefused):
+    code = "too_many_runs"
+
+
+class RunNotFound(Exception):
+    """No such run for this user (another user's run does not exist for them)."""
+
+
+class RunFinished(Exception):
+    """The run has already ended."""

@@ -1,0 +1,83 @@
+"""Run an agent from the command line, print its events live, exit with its outcome."""
+
+import asyncio
+import json
+import signal
+from functools import partial
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from agents.exceptions import RunRefused
+from agents.models import AgentRun, RunStatus
+from agents.services import arun_start
+from agents.supervisor import supervisor
+from notifications.frames import event_frame
+from notifications.models import Event
+from notifications.services import alayer_close
+
+INTERRUPT_REASON = "The run was cancelled from the command line."
+
+# The command's exit status for each way a run can end.
+EXIT_CODES = {
+    RunStatus.COMPLETED: 0,
+    RunStatus.FAILED: 1,
+    RunStatus.TIMED_OUT: 124,
+    RunStatus.CANCELLED: 130,
+}
+EXIT_USAGE = 2
+
+
+class Command(BaseCommand):
+    help = (
+        "Run an agent as a user, printing each lifecycle event as it happens. "
+        "Exit status: 0 completed, 1 failed, 124 timed out, 130 cancelled (Ctrl-C), 2 bad usage."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("agent", help="The agent's name (GET /api/agents/ lists them).")
+        parser.add_argument("--user", required=True, help="Username whose run it is (and who sees the events).")
+        parser.add_argument("--input", default="{}", help="The input, a JSON object.")
+        parser.add_argument("--timeout", type=float, default=None, help="Seconds before the run times out.")
+
+    def handle(self, *args: Any, agent: str, user: str, input: str, timeout: float | None, **options: Any) -> None:
+        try:
+            run_input = json.loads(input)
+        except ValueError as exc:
+            raise CommandError(f"--input is not valid JSON: {exc}", returncode=EXIT_USAGE) from None
+        user_id = get_user_model()._default_manager.filter(username=user).values_list("pk", flat=True).first()
+        if user_id is None:
+            raise CommandError(f"No user named {user!r}.", returncode=EXIT_USAGE)
+        status = asyncio.run(self._run(user_id=user_id, agent=agent, run_input=run_input, run_timeout=timeout))
+        if status != RunStatus.COMPLETED:
+            raise SystemExit(EXIT_CODES.get(status, 1))
+
+    async def _run(self, *, user_id: int, agent: str, run_input: object, run_timeout: float | None) -> RunStatus:
+        loop = asyncio.get_running_loop()
+        try:
+            try:
+                run = await arun_start(
+                    user_id=user_id, agent=agent, input=run_input, run_timeout=run_timeout, observer=self._print
+                )
+            except RunRefused as exc:
+                raise CommandError(exc.detail, returncode=EXIT_USAGE) from None
+            # Ctrl-C (or SIGTERM) cancels the run; it then records its end and we exit.
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, partial(supervisor.cancel, run.id, reason=INTERRUPT_REASON))
+            try:
+                await supervisor.join(run.id)
+            finally:
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(signum)
+            ended: AgentRun = await database_sync_to_async(AgentRun.objects.get)(pk=run.id)
+            return RunStatus(ended.status)
+        finally:
+            await supervisor.shutdown(timeout_seconds=5)
+            await alayer_close()
+
+    def _print(self, event: Event) -> None:
+        frame = event_frame(event)
+        self.stdout.write(f"{frame['seq']:>6} {frame['event']:<16} {json.dumps(frame['data'], ensure_ascii=False)}")
+        self.stdout.flush()

@@ -1,0 +1,258 @@
+"""Execute one run: its context for the agent, its events, its single end.
+
+Every event goes through ``notifications.services`` in lifecycle order,
+checked by ``Lifecycle``. The end (``agent_completed`` or ``agent_error``)
+is written in the same transaction that moves the run out of its active
+status, so it happens exactly once even if a reaper races the runner.
+"""
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+
+from notifications.exceptions import InvalidEventData
+from notifications.models import Event, EventType
+from notifications.services import aevent_record, aevent_record_if
+
+from .exceptions import AgentError, ToolError
+from .lifecycle import Lifecycle
+from .models import ACTIVE_STATUSES, AgentRun, RunStatus
+from .registry import AgentSpec, tool_get
+
+logger = logging.getLogger(__name__)
+
+MESSAGE_MAX_CHARS = 500
+RESULT_ENVELOPE_BYTES = 1024
+Observer = Callable[[Event], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: RunStatus
+    result: Any = None
+    kind: str | None = None  # agent_error kind; None when completed.
+    message: str = ""
+
+
+def user_message(exc: BaseException) -> str:
+    """What the user may read about a failure: our own errors' text, otherwise only the type."""
+    if isinstance(exc, AgentError):
+        return str(exc)[:MESSAGE_MAX_CHARS]
+    return f"The agent failed with an internal error ({type(exc).__name__})."
+
+
+class RunContext:
+    """What an agent receives: ``think`` and ``tool``, bound to one run."""
+
+    def __init__(self, run: AgentRun, *, observer: Observer | None = None) -> None:
+        self.run_id: uuid.UUID = run.id
+        self.user_id: int = run.user_id
+        self.agent: str = run.agent
+        self.input: dict[str, Any] = run.input
+        self.cancel_reason = "The run was cancelled."
+        self._observer = observer
+        self._lifecycle = Lifecycle()
+        self._emit_lock = asyncio.Lock()
+        self._step = 0
+        self._started_at = time.monotonic()
+
+    async def think(self, thought: str) -> None:
+        """Tell the user what the agent is thinking."""
+        self._step += 1
+        await self._emit(EventType.AGENT_THINKING, {"thought": str(thought), "step": self._step})
+
+    async def tool(self, name: str, /, **args: Any) -> Any:
+        """Call a registered tool, announcing it before and reporting it after.
+
+        A tool that raises is reported (``ok: false``) and then raised to the
+        agent as ``ToolError``, which the agent may handle.
+        """
+        spec = tool_get(name)
+        spec.bind(args)
+        call_id = uuid.uuid4().hex
+        await self._emit(EventType.TOOL_EXECUTING, {"call_id": call_id, "tool": name, "args": args}, call_id=call_id)
+        started = time.monotonic()
+        try:
+            result = await (spec.func(**args) if spec.is_async else asyncio.to_thread(spec.func, **args))
+        except Exception as exc:
+            # Tools report what the caller got wrong with ToolError or ValueError.
+            message = str(exc)[:MESSAGE_MAX_CHARS] if isinstance(exc, ValueError) else user_message(exc)
+            await self._emit(
+                EventType.TOOL_COMPLETED,
+                {"call_id": call_id, "tool": name, "ok": False, "error": message, "duration_ms": _ms_since(started)},
+                call_id=call_id,
+            )
+            raise ToolError(f"Tool {name} failed: {message}") from exc
+        data = {"call_id": call_id, "tool": name, "ok": True, "result": result, "duration_ms": _ms_since(started)}
+        try:
+            await self._emit(EventType.TOOL_COMPLETED, data, call_id=call_id)
+        except InvalidEventData as exc:
+            raise ToolError(f"Tool {name} returned a result that cannot be sent: {exc}") from None
+        return result
+
+    async def _emit(self, event: str, data: dict[str, Any], *, call_id: str | None = None) -> None:
+        async with self._emit_lock:
+            self._lifecycle.check(event, call_id=call_id)
+            record = await aevent_record(
+                user_id=self.user_id, event=event, run_id=self.run_id, agent=self.agent, data=data
+            )
+        self._observe(record)
+
+    def _observe(self, record: Event) -> None:
+        if self._observer is not None:
+            self._observer(record)
+
+    async def _start(self) -> bool:
+        """Move the run to running and record agent_started; False if it is no longer queued."""
+        self._started_at = time.monotonic()
+        now = timezone.now()
+
+        def claim() -> bool:
+            return bool(
+                AgentRun.objects.filter(pk=self.run_id, status=RunStatus.QUEUED).update(
+                    status=RunStatus.RUNNING, started_at=now
+                )
+            )
+
+        async with self._emit_lock:
+            self._lifecycle.check(EventType.AGENT_STARTED)
+            record = await aevent_record_if(
+                condition=claim,
+                user_id=self.user_id,
+                event=EventType.AGENT_STARTED,
+                run_id=self.run_id,
+                agent=self.agent,
+                data={"input": self.input},
+            )
+        if record is not None:
+            self._observe(record)
+        return record is not None
+
+    async def _finish(self, outcome: Outcome) -> None:
+        """Close any open tool calls, then record the one terminal event with the run's end."""
+        duration_ms = _ms_since(self._started_at)
+        async with self._emit_lock:
+            for call_id, tool in list(self._lifecycle.open_calls.items()):
+                self._lifecycle.check(EventType.TOOL_COMPLETED, call_id=call_id)
+                record = await aevent_record(
+                    user_id=self.user_id,
+                    event=EventType.TOOL_COMPLETED,
+                    run_id=self.run_id,
+                    agent=self.agent,
+                    data={"call_id": call_id, "tool": tool, "ok": False, "error": outcome.message, "duration_ms": None},
+                )
+                self._observe(record)
+            if outcome.kind is None:
+                event, data = EventType.AGENT_COMPLETED, {"result": outcome.result, "duration_ms": duration_ms}
+                error = None
+            else:
+                event = EventType.AGENT_ERROR
+                data = {"kind": outcome.kind, "message": outcome.message, "duration_ms": duration_ms}
+                error = {"kind": outcome.kind, "message": outcome.message}
+            self._lifecycle.check(event)
+            terminal = await aevent_record_if(
+                condition=_finish_claim(self.run_id, outcome, error),
+                user_id=self.user_id,
+                event=event,
+                run_id=self.run_id,
+                agent=self.agent,
+                data=data,
+            )
+        if terminal is not None:
+            self._observe(terminal)
+
+
+def _finish_claim(run_id: uuid.UUID, outcome: Outcome, error: dict[str, str] | None) -> Callable[[], bool]:
+    def claim() -> bool:
+        return bool(
+            AgentRun.objects.filter(pk=run_id, status__in=ACTIVE_STATUSES).update(
+                status=outcome.status,
+                result=outcome.result if outcome.kind is None else None,
+                error=error,
+                finished_at=timezone.now(),
+            )
+        )
+
+    return claim
+
+
+async def run_execute(spec: AgentSpec, ctx: RunContext, timeout_seconds: float) -> RunStatus | None:
+    """Run the agent under its timeout and record its end; return the final status.
+
+    Cancelling this task (the supervisor does, for a user's cancel or a
+    shutdown) ends the run as ``cancelled``: the cancellation is absorbed so
+    that the end can still be recorded, and the task returns normally.
+    """
+    if not await ctx._start():
+        logger.info("Run %s was no longer queued; not started", ctx.run_id)
+        return None
+    deadline = asyncio.timeout(timeout_seconds)
+    try:
+        async with deadline:
+            result = await spec.func(ctx, ctx.input)
+        outcome = _completed(result)
+    except TimeoutError as exc:
+        if deadline.expired():
+            message = f"The run took longer than its timeout of {timeout_seconds:g} s."
+            outcome = Outcome(RunStatus.TIMED_OUT, kind="timeout", message=message)
+        else:
+            outcome = _failed(ctx, exc)
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None:
+            current.uncancel()
+        outcome = Outcome(RunStatus.CANCELLED, kind="cancelled", message=ctx.cancel_reason)
+    except Exception as exc:
+        outcome = _failed(ctx, exc)
+    await _uncancellable(ctx._finish(outcome))
+    return outcome.status
+
+
+def _completed(result: Any) -> Outcome:
+    """Completed, unless the result cannot travel in an event."""
+    try:
+        size = len(json.dumps(result, allow_nan=False).encode())
+    except (TypeError, ValueError):
+        return Outcome(RunStatus.FAILED, kind="exception", message="The agent returned a result that is not JSON.")
+    if size > settings.EVENT_DATA_MAX_BYTES - RESULT_ENVELOPE_BYTES:
+        return Outcome(RunStatus.FAILED, kind="exception", message="The agent returned a result that is too large.")
+    return Outcome(RunStatus.COMPLETED, result=result)
+
+
+def _failed(ctx: RunContext, exc: BaseException) -> Outcome:
+    if isinstance(exc, AgentError):
+        logger.info("Run %s of %s failed: %s", ctx.run_id, ctx.agent, exc)
+    else:
+        logger.exception("Run %s of %s raised", ctx.run_id, ctx.agent, exc_info=exc)
+    return Outcome(RunStatus.FAILED, kind="exception", message=user_message(exc))
+
+
+async def _uncancellable(coro: Coroutine[Any, Any, None]) -> None:
+    """Await ``coro`` to the end even if this task is cancelled meanwhile.
+
+    Recording a run's end must not be cut in half. A cancel that arrives
+    meanwhile is absorbed (the run is ending anyway).
+    """
+    task = asyncio.ensure_future(coro)
+    while True:
+        try:
+            await asyncio.shield(task)
+            return
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+
+
+def _ms_since(start: float) -> int:
+    return int((time.monotonic() - start) * 1000)

@@ -1,0 +1,138 @@
+"""Start, cancel and reap agent runs."""
+
+import json
+import logging
+import uuid
+from datetime import timedelta
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.utils import timezone
+
+from notifications.models import EventType
+from notifications.services import event_record
+
+from .exceptions import InvalidRunInput, RunFinished, RunNotFound, TooManyRuns
+from .models import ACTIVE_STATUSES, AgentRun, RunStatus
+from .registry import agent_get, agent_input_validate
+from .runner import Observer, RunContext
+from .supervisor import supervisor
+
+logger = logging.getLogger(__name__)
+
+LOST_MESSAGE = "The process running this agent stopped before the run ended."
+CANCEL_MESSAGE = "The run was cancelled by the user."
+
+
+def run_create(*, user_id: int, agent: str, input: object, run_timeout: object = None) -> AgentRun:
+    """Validate and create a queued run; raise ``RunRefused`` (with a protocol code) if not allowed."""
+    spec = agent_get(agent)
+    _input_size_check(input)
+    validated = agent_input_validate(spec, input)
+    timeout_seconds = _timeout_resolve(run_timeout)
+    with transaction.atomic():
+        # Lock the user row so that concurrent starts count each other.
+        get_user_model()._default_manager.select_for_update().filter(pk=user_id).first()
+        active = AgentRun.objects.filter(user_id=user_id, status__in=ACTIVE_STATUSES).count()
+        limit: int = settings.AGENT_MAX_ACTIVE_RUNS_PER_USER
+        if active >= limit:
+            raise TooManyRuns(f"You already have {active} runs going; the limit is {limit}.")
+        return AgentRun.objects.create(
+            user_id=user_id,
+            agent=spec.name,
+            input=validated,
+            timeout_seconds=timeout_seconds,
+            created_at=timezone.now(),
+        )
+
+
+async def arun_start(
+    *, user_id: int, agent: str, input: object, run_timeout: object = None, observer: Observer | None = None
+) -> AgentRun:
+    """Create a run and start executing it in this process."""
+    run: AgentRun = await database_sync_to_async(run_create)(
+        user_id=user_id, agent=agent, input=input, run_timeout=run_timeout
+    )
+    supervisor.start(agent_get(run.agent), RunContext(run, observer=observer), timeout_seconds=run.timeout_seconds)
+    return run
+
+
+async def arun_cancel(*, user_id: int, run_id: uuid.UUID) -> AgentRun:
+    """Ask a run to stop, wherever it executes; raise if it is not the user's or already ended."""
+    run: AgentRun = await database_sync_to_async(_cancel_request)(user_id=user_id, run_id=run_id)
+    supervisor.cancel(run.id, reason=CANCEL_MESSAGE)  # Other processes see cancel_requested_at.
+    return run
+
+
+def _cancel_request(*, user_id: int, run_id: uuid.UUID) -> AgentRun:
+    run = AgentRun.objects.filter(pk=run_id, user_id=user_id).first()
+    if run is None:
+        raise RunNotFound(f"No run {run_id}.")
+    if run.status not in ACTIVE_STATUSES:
+        raise RunFinished(f"The run has already ended ({run.status}).")
+    AgentRun.objects.filter(pk=run.pk, cancel_requested_at__isnull=True).update(cancel_requested_at=timezone.now())
+    run.refresh_from_db()
+    return run
+
+
+def runs_reap_lost(*, grace_seconds: float) -> int:
+    """End runs whose process died: still active well past their timeout.
+
+    Each gets ``agent_error`` kind ``lost`` and status ``failed``, in the same
+    transaction that claims it, so a run is never ended twice.
+    """
+    now = timezone.now()
+    # Active runs are few (bounded per user) and indexed; the deadline is
+    # per run, so it is computed here rather than in portable SQL.
+    active = AgentRun.objects.filter(status__in=ACTIVE_STATUSES).only(
+        "pk", "user_id", "agent", "timeout_seconds", "started_at", "created_at"
+    )
+    overdue = [
+        run
+        for run in active
+        if (run.started_at or run.created_at) + timedelta(seconds=run.timeout_seconds + grace_seconds) < now
+    ]
+    reaped = 0
+    for run in overdue:
+        with transaction.atomic():
+            claimed = AgentRun.objects.filter(pk=run.pk, status__in=ACTIVE_STATUSES).update(
+                status=RunStatus.FAILED, finished_at=now, error={"kind": "lost", "message": LOST_MESSAGE}
+            )
+            if not claimed:
+                continue
+            began = run.started_at or run.created_at
+            event_record(
+                user_id=run.user_id,
+                event=EventType.AGENT_ERROR,
+                run_id=run.pk,
+                agent=run.agent,
+                data={
+                    "kind": "lost",
+                    "message": LOST_MESSAGE,
+                    "duration_ms": int((now - began).total_seconds() * 1000),
+                },
+            )
+        reaped += 1
+        logger.warning("Run %s of %s was lost; ended it", run.pk, run.agent)
+    return reaped
+
+
+def _input_size_check(value: object) -> None:
+    try:
+        size = len(json.dumps(value, allow_nan=False).encode())
+    except (TypeError, ValueError):
+        raise InvalidRunInput("input must be JSON.") from None
+    limit: int = settings.AGENT_INPUT_MAX_BYTES
+    if size > limit:
+        raise InvalidRunInput(f"input is {size} bytes; the limit is {limit}.")
+
+
+def _timeout_resolve(value: object) -> float:
+    maximum: float = settings.AGENT_RUN_MAX_TIMEOUT_SECONDS
+    if value is None:
+        return float(min(settings.AGENT_RUN_TIMEOUT_SECONDS, maximum))
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= maximum:
+        raise InvalidRunInput(f"timeout must be a number of seconds above 0 and at most {maximum:g}.")
+    return float(value)

@@ -1,0 +1,131 @@
+"""Own the asyncio tasks of the runs this process executes.
+
+Runs live in the process that started them (the ASGI server or the
+``run_agent`` command). The supervisor tracks their tasks, cancels one on
+request (also when another process asks, through ``cancel_requested_at``),
+and at shutdown cancels them all and waits, bounded, for each to record its
+``agent_error`` (kind ``cancelled``).
+"""
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from .models import AgentRun
+from .registry import AgentSpec
+from .runner import RunContext, run_execute
+
+logger = logging.getLogger(__name__)
+
+SHUTDOWN_REASON = "The run was cancelled because the server is shutting down."
+
+
+@dataclass(slots=True)
+class _Tracked:
+    task: asyncio.Task[object]
+    ctx: RunContext
+
+
+class SupervisorClosed(RuntimeError):
+    """The supervisor is shutting down and starts no new runs."""
+
+
+class RunSupervisor:
+    def __init__(self) -> None:
+        self._runs: dict[uuid.UUID, _Tracked] = {}
+        self._poller: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def __contains__(self, run_id: uuid.UUID) -> bool:
+        return run_id in self._runs
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def start(self, spec: AgentSpec, ctx: RunContext, *, timeout_seconds: float) -> asyncio.Task[object]:
+        """Start executing a queued run on the running loop."""
+        if self._closing:
+            raise SupervisorClosed("The server is shutting down; no new runs start.")
+        task: asyncio.Task[object] = asyncio.get_running_loop().create_task(
+            run_execute(spec, ctx, timeout_seconds), name=f"agent-run-{ctx.run_id}"
+        )
+        self._runs[ctx.run_id] = _Tracked(task, ctx)
+        task.add_done_callback(lambda done: self._forget(ctx.run_id, done))
+        if self._poller is None:
+            self._poller = asyncio.get_running_loop().create_task(self._poll_cancels(), name="agent-run-cancels")
+        return task
+
+    def cancel(self, run_id: uuid.UUID, *, reason: str) -> bool:
+        """Cancel a run executing in this process; False if it is not here."""
+        tracked = self._runs.get(run_id)
+        if tracked is None or tracked.task.done():
+            return False
+        tracked.ctx.cancel_reason = reason
+        tracked.task.cancel()
+        return True
+
+    async def join(self, run_id: uuid.UUID) -> None:
+        """Wait for a run of this process to end (for commands and tests)."""
+        tracked = self._runs.get(run_id)
+        if tracked is not None:
+            await asyncio.wait([tracked.task])
+
+    async def shutdown(self, *, timeout_seconds: float) -> None:
+        """Cancel every run and wait up to ``timeout_seconds`` for each to record its end."""
+        self._closing = True
+        try:
+            tasks = [tracked.task for tracked in self._runs.values()]
+            for run_id in list(self._runs):
+                self.cancel(run_id, reason=SHUTDOWN_REASON)
+            if tasks:
+                logger.info("Cancelling %d run(s) for shutdown", len(tasks))
+                _, pending = await asyncio.wait(tasks, timeout=timeout_seconds)
+                if pending:
+                    logger.error("%d run(s) did not record their end within %ss", len(pending), timeout_seconds)
+            await self._poller_stop()
+        finally:
+            self._closing = False
+
+    def _forget(self, run_id: uuid.UUID, task: asyncio.Task[object]) -> None:
+        self._runs.pop(run_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("Run %s task failed", run_id, exc_info=task.exception())
+
+    async def _poll_cancels(self) -> None:
+        """Cancel local runs that another process asked to cancel; stop when none are left."""
+        interval: float = settings.AGENT_CANCEL_POLL_SECONDS
+        try:
+            while self._runs:
+                await asyncio.sleep(interval)
+                local = list(self._runs)
+                try:
+                    requested = await database_sync_to_async(_cancel_requested)(local)
+                except Exception:  # The database is down: try again next interval.
+                    logger.warning("Could not check for cancel requests", exc_info=True)
+                    continue
+                for run_id in requested:
+                    self.cancel(run_id, reason="The run was cancelled by the user.")
+        finally:
+            self._poller = None
+
+    async def _poller_stop(self) -> None:
+        poller = self._poller
+        if poller is not None:
+            poller.cancel()
+            await asyncio.wait([poller])
+
+
+def _cancel_requested(run_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    return list(AgentRun.objects.filter(pk__in=run_ids, cancel_requested_at__isnull=False).values_list("pk", flat=True))
+
+
+supervisor = RunSupervisor()
+
+
+async def ashutdown() -> None:
+    """Shutdown hook for the server: cancel this process's runs and wait for their ends."""
+    await supervisor.shutdown(timeout_seconds=settings.AGENT_SHUTDOWN_TIMEOUT_SECONDS)

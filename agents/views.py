@@ -1,0 +1,112 @@
+"""REST endpoints: the agent catalogue and the caller's runs."""
+
+import uuid
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from notifications.frames import isoformat_utc
+
+from .exceptions import RunFinished, RunNotFound, RunRefused, TooManyRuns
+from .models import AgentRun
+from .registry import agents_all
+from .selectors import run_get, runs_for_user
+from .services import arun_cancel, arun_start
+from .supervisor import SupervisorClosed
+
+
+def run_payload(run: AgentRun) -> dict[str, Any]:
+    """A run as the API shows it."""
+    return {
+        "id": str(run.id),
+        "agent": run.agent,
+        "status": run.status,
+        "input": run.input,
+        "timeout_seconds": run.timeout_seconds,
+        "result": run.result,
+        "error": run.error,
+        "created_at": isoformat_utc(run.created_at),
+        "started_at": isoformat_utc(run.started_at) if run.started_at else None,
+        "finished_at": isoformat_utc(run.finished_at) if run.finished_at else None,
+        "duration_ms": run.duration_ms,
+    }
+
+
+def _user_id(request: Request) -> int:
+    return int(request.user.pk)  # type: ignore[arg-type]  # Authenticated: never None.
+
+
+def error(code: str, detail: str, http_status: int) -> Response:
+    return Response({"code": code, "detail": detail}, status=http_status)
+
+
+class AgentListView(APIView):
+    def get(self, request: Request) -> Response:
+        return Response([{"name": s.name, "description": s.description, "input": s.input_help} for s in agents_all()])
+
+
+class RunStartBody(serializers.Serializer):  # type: ignore[type-arg]
+    agent = serializers.CharField(max_length=100)
+    input = serializers.JSONField(default=dict)
+    timeout = serializers.FloatField(required=False, allow_null=True)
+
+
+class RunsQuery(serializers.Serializer):  # type: ignore[type-arg]
+    limit = serializers.IntegerField(min_value=1, max_value=200, default=50)
+    before = serializers.DateTimeField(required=False)
+
+
+class RunListView(APIView):
+    def get(self, request: Request) -> Response:
+        """The caller's runs, newest first; ``before`` (a created_at) pages back."""
+        query = RunsQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        runs = runs_for_user(
+            user_id=_user_id(request), limit=query.validated_data["limit"], before=query.validated_data.get("before")
+        )
+        return Response({"results": [run_payload(run) for run in runs]})
+
+    def post(self, request: Request) -> Response:
+        body = RunStartBody(data=request.data)
+        if not body.is_valid():
+            return Response({"code": "invalid_message", "detail": body.errors}, status=status.HTTP_400_BAD_REQUEST)
+        try:
+            # Runs execute on the server's event loop; this view runs in a
+            # worker thread, and async_to_sync hands the start to that loop.
+            run = async_to_sync(arun_start)(
+                user_id=_user_id(request),
+                agent=body.validated_data["agent"],
+                input=body.validated_data["input"],
+                run_timeout=body.validated_data.get("timeout"),
+            )
+        except TooManyRuns as exc:
+            return error(exc.code, exc.detail, status.HTTP_429_TOO_MANY_REQUESTS)
+        except RunRefused as exc:
+            return error(exc.code, exc.detail, status.HTTP_400_BAD_REQUEST)
+        except SupervisorClosed as exc:
+            return error("unavailable", str(exc), status.HTTP_503_SERVICE_UNAVAILABLE)
+        return Response(run_payload(run), status=status.HTTP_201_CREATED)
+
+
+class RunDetailView(APIView):
+    def get(self, request: Request, run_id: uuid.UUID) -> Response:
+        run = run_get(user_id=_user_id(request), run_id=run_id)
+        if run is None:
+            return error("not_found", "No such run.", status.HTTP_404_NOT_FOUND)
+        return Response(run_payload(run))
+
+
+class RunCancelView(APIView):
+    def post(self, request: Request, run_id: uuid.UUID) -> Response:
+        """Ask the run to stop: 202 with the run; its agent_error (cancelled) follows as an event."""
+        try:
+            run = async_to_sync(arun_cancel)(user_id=_user_id(request), run_id=run_id)
+        except RunNotFound:
+            return error("not_found", "No such run.", status.HTTP_404_NOT_FOUND)
+        except RunFinished as exc:
+            return error("run_finished", str(exc), status.HTTP_409_CONFLICT)
+        return Response(run_payload(run), status=status.HTTP_202_ACCEPTED)

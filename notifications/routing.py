@@ -1,7 +1,0 @@
-from django.urls import path
-
-from .consumers import NotificationConsumer
-
-websocket_urlpatterns = [
-    path("ws/notifications/", NotificationConsumer.as_asgi()),
-]
