@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.utils import timezone
@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 MESSAGE_MAX_CHARS = 500
 RESULT_ENVELOPE_BYTES = 1024
 Observer = Callable[[Event], None]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,10 @@ class RunContext:
         self.agent: str = run.agent
         self.input: dict[str, Any] = run.input
         self.cancel_reason = "The run was cancelled."
+        # Set by the supervisor. A run cancelled before its task ran sees the
+        # flag when it starts; one that is running is also cancelled outright.
+        self.cancel_requested = False
+        self.running = False
         self._observer = observer
         self._lifecycle = Lifecycle()
         self._emit_lock = asyncio.Lock()
@@ -191,11 +196,15 @@ async def run_execute(spec: AgentSpec, ctx: RunContext, timeout_seconds: float) 
     shutdown) ends the run as ``cancelled``: the cancellation is absorbed so
     that the end can still be recorded, and the task returns normally.
     """
-    if not await ctx._start():
+    ctx.running = True
+    started = await _uncancellable(ctx._start())
+    if not started:
         logger.info("Run %s was no longer queued; not started", ctx.run_id)
         return None
     deadline = asyncio.timeout(timeout_seconds)
     try:
+        if ctx.cancel_requested:  # Asked before or while it started.
+            raise asyncio.CancelledError
         async with deadline:
             result = await spec.func(ctx, ctx.input)
         outcome = _completed(result)
@@ -235,17 +244,17 @@ def _failed(ctx: RunContext, exc: BaseException) -> Outcome:
     return Outcome(RunStatus.FAILED, kind="exception", message=user_message(exc))
 
 
-async def _uncancellable(coro: Coroutine[Any, Any, None]) -> None:
+async def _uncancellable(coro: Coroutine[Any, Any, T]) -> T:
     """Await ``coro`` to the end even if this task is cancelled meanwhile.
 
-    Recording a run's end must not be cut in half. A cancel that arrives
-    meanwhile is absorbed (the run is ending anyway).
+    Recording a run's start or end must not be cut in half. A cancel that
+    arrives meanwhile is absorbed: the supervisor's ``cancel_requested`` flag
+    still says it happened.
     """
     task = asyncio.ensure_future(coro)
     while True:
         try:
-            await asyncio.shield(task)
-            return
+            return await asyncio.shield(task)
         except asyncio.CancelledError:
             if task.done():
                 raise

@@ -18,7 +18,7 @@ from .exceptions import InvalidRunInput, RunFinished, RunNotFound, TooManyRuns
 from .models import ACTIVE_STATUSES, AgentRun, RunStatus
 from .registry import agent_get, agent_input_validate
 from .runner import Observer, RunContext
-from .supervisor import supervisor
+from .supervisor import SupervisorClosed, supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +51,21 @@ def run_create(*, user_id: int, agent: str, input: object, run_timeout: object =
 async def arun_start(
     *, user_id: int, agent: str, input: object, run_timeout: object = None, observer: Observer | None = None
 ) -> AgentRun:
-    """Create a run and start executing it in this process."""
+    """Create a run and start executing it in this process.
+
+    Raises ``SupervisorClosed`` while the process shuts down; a run created
+    just before that is removed again, since it never started.
+    """
+    if not supervisor.accepting:
+        raise SupervisorClosed("The server is shutting down; no new runs start.")
     run: AgentRun = await database_sync_to_async(run_create)(
         user_id=user_id, agent=agent, input=input, run_timeout=run_timeout
     )
-    supervisor.start(agent_get(run.agent), RunContext(run, observer=observer), timeout_seconds=run.timeout_seconds)
+    try:
+        supervisor.start(agent_get(run.agent), RunContext(run, observer=observer), timeout_seconds=run.timeout_seconds)
+    except SupervisorClosed:
+        await AgentRun.objects.filter(pk=run.pk, status=RunStatus.QUEUED).adelete()
+        raise
     return run
 
 

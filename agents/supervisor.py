@@ -8,6 +8,7 @@ and at shutdown cancels them all and waits, bounded, for each to record its
 """
 
 import asyncio
+import contextvars
 import logging
 import uuid
 from dataclasses import dataclass
@@ -46,17 +47,30 @@ class RunSupervisor:
     def __len__(self) -> int:
         return len(self._runs)
 
+    @property
+    def accepting(self) -> bool:
+        return not self._closing
+
+    def open(self) -> None:
+        """Accept runs again after a shutdown (a process that goes on, such as a test run)."""
+        self._closing = False
+
     def start(self, spec: AgentSpec, ctx: RunContext, *, timeout_seconds: float) -> asyncio.Task[object]:
         """Start executing a queued run on the running loop."""
         if self._closing:
             raise SupervisorClosed("The server is shutting down; no new runs start.")
+        # A fresh context: a run started from a sync view (through
+        # async_to_sync) must not inherit that request's thread executor,
+        # which is gone by the time the run touches the database.
         task: asyncio.Task[object] = asyncio.get_running_loop().create_task(
-            run_execute(spec, ctx, timeout_seconds), name=f"agent-run-{ctx.run_id}"
+            run_execute(spec, ctx, timeout_seconds), name=f"agent-run-{ctx.run_id}", context=contextvars.Context()
         )
         self._runs[ctx.run_id] = _Tracked(task, ctx)
         task.add_done_callback(lambda done: self._forget(ctx.run_id, done))
         if self._poller is None:
-            self._poller = asyncio.get_running_loop().create_task(self._poll_cancels(), name="agent-run-cancels")
+            self._poller = asyncio.get_running_loop().create_task(
+                self._poll_cancels(), name="agent-run-cancels", context=contextvars.Context()
+            )
         return task
 
     def cancel(self, run_id: uuid.UUID, *, reason: str) -> bool:
@@ -65,7 +79,9 @@ class RunSupervisor:
         if tracked is None or tracked.task.done():
             return False
         tracked.ctx.cancel_reason = reason
-        tracked.task.cancel()
+        tracked.ctx.cancel_requested = True
+        if tracked.ctx.running:
+            tracked.task.cancel()
         return True
 
     async def join(self, run_id: uuid.UUID) -> None:
@@ -75,20 +91,17 @@ class RunSupervisor:
             await asyncio.wait([tracked.task])
 
     async def shutdown(self, *, timeout_seconds: float) -> None:
-        """Cancel every run and wait up to ``timeout_seconds`` for each to record its end."""
+        """Stop accepting runs, cancel every run, and wait up to ``timeout_seconds`` for their ends."""
         self._closing = True
-        try:
-            tasks = [tracked.task for tracked in self._runs.values()]
-            for run_id in list(self._runs):
-                self.cancel(run_id, reason=SHUTDOWN_REASON)
-            if tasks:
-                logger.info("Cancelling %d run(s) for shutdown", len(tasks))
-                _, pending = await asyncio.wait(tasks, timeout=timeout_seconds)
-                if pending:
-                    logger.error("%d run(s) did not record their end within %ss", len(pending), timeout_seconds)
-            await self._poller_stop()
-        finally:
-            self._closing = False
+        tasks = [tracked.task for tracked in self._runs.values()]
+        for run_id in list(self._runs):
+            self.cancel(run_id, reason=SHUTDOWN_REASON)
+        if tasks:
+            logger.info("Cancelling %d run(s) for shutdown", len(tasks))
+            _, pending = await asyncio.wait(tasks, timeout=timeout_seconds)
+            if pending:
+                logger.error("%d run(s) did not record their end within %ss", len(pending), timeout_seconds)
+        await self._poller_stop()
 
     def _forget(self, run_id: uuid.UUID, task: asyncio.Task[object]) -> None:
         self._runs.pop(run_id, None)

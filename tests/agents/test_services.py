@@ -1,0 +1,91 @@
+"""agents.services: starting rules, limits, and reaping lost runs."""
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from agents.exceptions import InvalidRunInput, RunFinished, RunNotFound, TooManyRuns, UnknownAgent
+from agents.models import AgentRun, RunStatus
+from agents.services import _cancel_request, run_create, runs_reap_lost
+from notifications.models import Event
+
+
+@pytest.mark.parametrize(
+    ("agent", "run_input", "run_timeout", "error", "message"),
+    [
+        ("nope", {}, None, UnknownAgent, "Unknown agent 'nope'"),
+        ("demo", [1, 2], None, InvalidRunInput, "input must be a JSON object, got list."),
+        ("demo", {"steps": 0}, None, InvalidRunInput, "steps must be an integer from 1 to 50."),
+        ("demo", {"steps": True}, None, InvalidRunInput, "steps must be an integer"),
+        ("demo", {"delay": -1}, None, InvalidRunInput, "delay must be a number of seconds"),
+        ("demo", {"fail": "yes"}, None, InvalidRunInput, "fail must be true or false."),
+        ("demo", {"colour": "red"}, None, InvalidRunInput, "unknown field(s) colour"),
+        ("calculator", {}, None, InvalidRunInput, 'exactly one field, "expression"'),
+        ("calculator", {"expression": "   "}, None, InvalidRunInput, "expression must be a non-empty string."),
+        ("demo", {"pad": "x" * 20_000}, None, InvalidRunInput, "the limit is 16384"),
+        ("demo", {}, 0, InvalidRunInput, "timeout must be a number of seconds above 0 and at most 600."),
+        ("demo", {}, 601, InvalidRunInput, "at most 600"),
+        ("demo", {}, "10", InvalidRunInput, "timeout must be a number"),
+    ],
+)
+def test_bad_starts_are_refused_with_the_reason_and_create_nothing(
+    alice: Any, agent: str, run_input: object, run_timeout: object, error: type, message: str
+) -> None:
+    with pytest.raises(error) as refused:
+        run_create(user_id=alice.pk, agent=agent, input=run_input, run_timeout=run_timeout)
+    assert message in refused.value.detail
+    assert not AgentRun.objects.exists()
+
+
+def test_timeout_defaults_from_settings_and_can_be_overridden(alice: Any, settings: Any) -> None:
+    settings.AGENT_RUN_TIMEOUT_SECONDS = 42
+    assert run_create(user_id=alice.pk, agent="demo", input={}).timeout_seconds == 42
+    assert run_create(user_id=alice.pk, agent="demo", input={}, run_timeout=1.5).timeout_seconds == 1.5
+
+
+def test_active_runs_per_user_are_bounded(alice: Any, bob: Any, settings: Any) -> None:
+    settings.AGENT_MAX_ACTIVE_RUNS_PER_USER = 2
+    first = run_create(user_id=alice.pk, agent="demo", input={})
+    run_create(user_id=alice.pk, agent="demo", input={})
+    with pytest.raises(TooManyRuns, match=r"You already have 2 runs going; the limit is 2\."):
+        run_create(user_id=alice.pk, agent="demo", input={})
+    run_create(user_id=bob.pk, agent="demo", input={})  # Another user's limit is their own.
+    AgentRun.objects.filter(pk=first.pk).update(status=RunStatus.COMPLETED)
+    run_create(user_id=alice.pk, agent="demo", input={})
+
+
+def test_cancel_request_checks_owner_and_state(alice: Any, bob: Any) -> None:
+    run = run_create(user_id=alice.pk, agent="demo", input={})
+    with pytest.raises(RunNotFound):
+        _cancel_request(user_id=bob.pk, run_id=run.pk)
+    with pytest.raises(RunNotFound):
+        _cancel_request(user_id=alice.pk, run_id=uuid.uuid4())
+    assert _cancel_request(user_id=alice.pk, run_id=run.pk).cancel_requested_at is not None
+    AgentRun.objects.filter(pk=run.pk).update(status=RunStatus.COMPLETED)
+    with pytest.raises(RunFinished, match="already ended"):
+        _cancel_request(user_id=alice.pk, run_id=run.pk)
+
+
+def test_reaper_ends_runs_whose_process_died_exactly_once(alice: Any) -> None:
+    long_ago = timezone.now() - timedelta(hours=1)
+    lost = run_create(user_id=alice.pk, agent="demo", input={}, run_timeout=10)
+    AgentRun.objects.filter(pk=lost.pk).update(status=RunStatus.RUNNING, started_at=long_ago)
+    never_started = run_create(user_id=alice.pk, agent="demo", input={}, run_timeout=10)
+    AgentRun.objects.filter(pk=never_started.pk).update(created_at=long_ago)
+    healthy = run_create(user_id=alice.pk, agent="demo", input={}, run_timeout=10)
+    AgentRun.objects.filter(pk=healthy.pk).update(status=RunStatus.RUNNING, started_at=timezone.now())
+
+    assert runs_reap_lost(grace_seconds=60) == 2
+    assert runs_reap_lost(grace_seconds=60) == 0
+    for run in (lost, never_started):
+        run.refresh_from_db()
+        assert run.status == RunStatus.FAILED
+        assert run.error == {"kind": "lost", "message": "The process running this agent stopped before the run ended."}
+        [event] = Event.objects.filter(run_id=run.pk)
+        assert event.event == "agent_error" and event.data["kind"] == "lost"
+    healthy.refresh_from_db()
+    assert healthy.status == RunStatus.RUNNING
+    assert not Event.objects.filter(run_id=healthy.pk).exists()

@@ -1,0 +1,102 @@
+"""REST: the agent catalogue and runs, scoped to their owner."""
+
+import asyncio
+import uuid
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.test import AsyncClient
+
+from agents.models import AgentRun, RunStatus
+from agents.supervisor import supervisor
+from tests.agents.conftest import assert_lifecycle, run_events
+from tests.wsclient import access_token
+
+
+class client_for:
+    """An async test client that sends the user's access token with every request."""
+
+    def __init__(self, user: Any) -> None:
+        self.client = AsyncClient()
+        self.headers = {"Authorization": f"Bearer {access_token(user)}"}
+
+    async def get(self, path: str) -> Any:
+        return await self.client.get(path, headers=self.headers)
+
+    async def post(self, path: str, data: Any = None, content_type: str = "application/json") -> Any:
+        return await self.client.post(path, data, content_type=content_type, headers=self.headers)
+
+
+async def test_agents_are_listed_with_descriptions(alice: Any) -> None:
+    response = await client_for(alice).get("/api/agents/")
+    assert response.status_code == 200
+    agents = {agent["name"]: agent for agent in response.json()}
+    assert agents["calculator"]["description"].startswith("Evaluates an arithmetic expression")
+    assert set(agents["demo"]["input"]) == {"steps", "delay", "fail"}
+
+
+async def test_start_returns_201_and_the_run_completes(alice: Any) -> None:
+    response = await client_for(alice).post(
+        "/api/runs/", {"agent": "calculator", "input": {"expression": "2*(3+4)"}}, content_type="application/json"
+    )
+    assert response.status_code == 201
+    body = response.json()
+    assert body["agent"] == "calculator" and body["status"] == "queued" and body["input"] == {"expression": "2*(3+4)"}
+    assert body["timeout_seconds"] == 60.0
+    await asyncio.wait_for(supervisor.join(uuid.UUID(body["id"])), timeout=10)
+    detail = (await client_for(alice).get(f"/api/runs/{body['id']}/")).json()
+    assert detail["status"] == "completed" and detail["result"] == 14 and detail["error"] is None
+    assert detail["duration_ms"] >= 0 and detail["finished_at"].endswith("Z")
+    assert_lifecycle(await sync_to_async(run_events)(body["id"]))
+
+
+async def test_bad_starts_are_400_429_with_a_code(alice: Any, settings: Any) -> None:
+    client = client_for(alice)
+    unknown = await client.post("/api/runs/", {"agent": "nope"}, content_type="application/json")
+    assert unknown.status_code == 400 and unknown.json()["code"] == "unknown_agent"
+    not_object = await client.post("/api/runs/", {"agent": "demo", "input": [1]}, content_type="application/json")
+    assert not_object.status_code == 400 and not_object.json()["code"] == "invalid_message"
+    missing = await client.post("/api/runs/", {}, content_type="application/json")
+    assert missing.status_code == 400 and missing.json()["code"] == "invalid_message"
+    too_big = await client.post(
+        "/api/runs/", {"agent": "demo", "input": {"x": "y" * 20_000}}, content_type="application/json"
+    )
+    assert too_big.status_code == 400 and "the limit is 16384" in too_big.json()["detail"]
+    settings.AGENT_MAX_ACTIVE_RUNS_PER_USER = 1
+    body = {"agent": "test_hangs", "timeout": 30}
+    assert (await client.post("/api/runs/", body, content_type="application/json")).status_code == 201
+    limited = await client.post("/api/runs/", body, content_type="application/json")
+    assert limited.status_code == 429 and limited.json()["code"] == "too_many_runs"
+    assert await AgentRun.objects.acount() == 1
+
+
+async def test_runs_are_scoped_to_their_owner(alice: Any, bob: Any) -> None:
+    started = await client_for(alice).post(
+        "/api/runs/", {"agent": "test_hangs", "timeout": 30}, content_type="application/json"
+    )
+    run_id = started.json()["id"]
+    mine = (await client_for(alice).get("/api/runs/")).json()["results"]
+    assert [run["id"] for run in mine] == [run_id]
+    assert (await client_for(bob).get("/api/runs/")).json()["results"] == []
+    assert (await client_for(bob).get(f"/api/runs/{run_id}/")).status_code == 404
+    assert (await client_for(bob).post(f"/api/runs/{run_id}/cancel/")).status_code == 404
+    assert (await AgentRun.objects.aget(pk=run_id)).cancel_requested_at is None
+
+
+async def test_cancel_is_202_then_409_once_ended(alice: Any) -> None:
+    client = client_for(alice)
+    run_id = (
+        await client.post("/api/runs/", {"agent": "test_hangs", "timeout": 30}, content_type="application/json")
+    ).json()["id"]
+    cancelled = await client.post(f"/api/runs/{run_id}/cancel/")
+    assert cancelled.status_code == 202
+    await asyncio.wait_for(supervisor.join(uuid.UUID(run_id)), timeout=10)
+    run = await AgentRun.objects.aget(pk=run_id)
+    assert run.status == RunStatus.CANCELLED
+    again = await client.post(f"/api/runs/{run_id}/cancel/")
+    assert again.status_code == 409 and again.json()["code"] == "run_finished"
+
+
+async def test_runs_need_a_token(transactional_db: None) -> None:
+    assert (await AsyncClient().get("/api/runs/")).status_code == 401
+    assert (await AsyncClient().get("/api/agents/")).status_code == 401
