@@ -14,6 +14,10 @@ class ToolError(AgentError):
     """A tool failed or was called wrongly."""
 
 
+class UnknownTool(ToolError):
+    """An agent called a tool that is not registered; ends the run with kind ``not_found``."""
+
+
 class LifecycleError(AgentError):
     """An agent emitted out of lifecycle order: a programming error in the agent."""
 

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .exceptions import InvalidRunInput, ToolError, UnknownAgent
+from .exceptions import InvalidRunInput, ToolError, UnknownAgent, UnknownTool
 
 if TYPE_CHECKING:
     from .runner import RunContext
@@ -113,7 +113,7 @@ def tool_get(name: str) -> ToolSpec:
     try:
         return _tools[name]
     except KeyError:
-        raise ToolError(f"Unknown tool {name[:100]!r}.") from None
+        raise UnknownTool(f"Unknown tool {name[:100]!r}.") from None
 
 
 def agent_input_validate(spec: AgentSpec, value: object) -> dict[str, Any]:

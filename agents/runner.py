@@ -22,7 +22,7 @@ from notifications.exceptions import InvalidEventData
 from notifications.models import Event, EventType
 from notifications.services import aevent_record, aevent_record_if
 
-from .exceptions import AgentError, ToolError
+from .exceptions import AgentError, ToolError, UnknownTool
 from .lifecycle import Lifecycle
 from .models import ACTIVE_STATUSES, AgentRun, RunStatus
 from .registry import AgentSpec, tool_get
@@ -241,7 +241,8 @@ def _failed(ctx: RunContext, exc: BaseException) -> Outcome:
         logger.info("Run %s of %s failed: %s", ctx.run_id, ctx.agent, exc)
     else:
         logger.exception("Run %s of %s raised", ctx.run_id, ctx.agent, exc_info=exc)
-    return Outcome(RunStatus.FAILED, kind="exception", message=user_message(exc))
+    kind = "not_found" if isinstance(exc, UnknownTool) else "exception"
+    return Outcome(RunStatus.FAILED, kind=kind, message=user_message(exc))
 
 
 async def _uncancellable(coro: Coroutine[Any, Any, T]) -> T:

@@ -104,21 +104,21 @@ async def test_exception_in_tool_is_reported_on_the_call_and_ends_the_run(alice:
 
 
 @pytest.mark.parametrize(
-    ("agent", "message"),
+    ("agent", "kind", "message"),
     [
-        ("test_bad_tool_args", "Bad arguments for tool word_count: text must be str, got int."),
-        ("test_unknown_tool", "Unknown tool 'no_such_tool'."),
-        ("test_agent_error", "The upstream model refused the request."),
-        ("test_bad_result", "The agent returned a result that is not JSON."),
-        ("test_own_timeout_error", "The agent failed with an internal error (TimeoutError)."),
+        ("test_bad_tool_args", "exception", "Bad arguments for tool word_count: text must be str, got int."),
+        ("test_unknown_tool", "not_found", "Unknown tool 'no_such_tool'."),
+        ("test_agent_error", "exception", "The upstream model refused the request."),
+        ("test_bad_result", "exception", "The agent returned a result that is not JSON."),
+        ("test_own_timeout_error", "exception", "The agent failed with an internal error (TimeoutError)."),
     ],
 )
-async def test_agent_mistakes_end_in_one_agent_error(alice: Any, agent: str, message: str) -> None:
+async def test_agent_mistakes_end_in_one_agent_error(alice: Any, agent: str, kind: str, message: str) -> None:
     run = await arun_start(user_id=alice.pk, agent=agent, input={})
     run, events = await finished(run)
     assert_lifecycle(events)
     assert events[-1][0] == "agent_error"
-    assert events[-1][1]["kind"] == "exception"
+    assert events[-1][1]["kind"] == kind
     assert events[-1][1]["message"] == message
     assert run.status == RunStatus.FAILED
 
