@@ -129,6 +129,11 @@ def runs_reap_lost(*, grace_seconds: float) -> int:
     return reaped
 
 
+def runs_reap_lost_default() -> int:
+    """Reap lost runs with the configured grace (a drain_events hook)."""
+    return runs_reap_lost(grace_seconds=settings.AGENT_LOST_GRACE_SECONDS)
+
+
 def _input_size_check(value: object) -> None:
     try:
         size = len(json.dumps(value, allow_nan=False).encode())

@@ -268,6 +268,18 @@ AGENT_LOST_GRACE_SECONDS = env_float("AGENT_LOST_GRACE_SECONDS", 60.0)
 # Async callables (dotted paths) the server awaits on SIGTERM, beside closing sockets.
 SHUTDOWN_HOOKS = env_list("SHUTDOWN_HOOKS", ["agents.supervisor.ashutdown"])
 
+# drain_events: publishing what the on-commit publisher could not.
+DRAIN_BATCH_SIZE = env_int("DRAIN_BATCH_SIZE", 500)
+DRAIN_POLL_SECONDS = env_float("DRAIN_POLL_SECONDS", 1.0)
+DRAIN_MIN_AGE_SECONDS = env_float("DRAIN_MIN_AGE_SECONDS", 5.0)
+DRAIN_MAX_ATTEMPTS = env_int("DRAIN_MAX_ATTEMPTS", 10)
+DRAIN_BACKOFF_BASE_SECONDS = env_float("DRAIN_BACKOFF_BASE_SECONDS", 1.0)
+DRAIN_BACKOFF_MAX_SECONDS = env_float("DRAIN_BACKOFF_MAX_SECONDS", 300.0)
+DRAIN_SHUTDOWN_SECONDS = env_float("DRAIN_SHUTDOWN_SECONDS", 5.0)
+# Sync callables (dotted paths) the drainer runs every DRAIN_HOOK_SECONDS, such as reaping lost runs.
+DRAIN_HOOKS = env_list("DRAIN_HOOKS", ["agents.services.runs_reap_lost_default"])
+DRAIN_HOOK_SECONDS = env_float("DRAIN_HOOK_SECONDS", 10.0)
+
 EVENTS_PAGE_MAX = env_int("EVENTS_PAGE_MAX", 500)
 EVENTS_PAGE_DEFAULT = env_int("EVENTS_PAGE_DEFAULT", 100)
 

@@ -10,6 +10,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
@@ -100,17 +101,25 @@ async def aevent_publish(*, event: Event) -> bool:
     Any failure of the layer is logged and recorded on the event, which stays
     pending; it is never raised to the caller.
     """
+    reason = await aevent_send(event=event)
+    if reason is not None:
+        await _amark(_event_mark_failed, event_id=event.id, attempts=event.publish_attempts + 1, reason=reason)
+        return False
+    await _amark(_event_mark_published, event_id=event.id)
+    return True
+
+
+async def aevent_send(*, event: Event, timeout_seconds: float = PUBLISH_TIMEOUT_SECONDS) -> str | None:
+    """Send one logged event to its user's group; return None, or why it failed. Never raises."""
     message: LayerEventMessage = {
         "type": "notification.event",
         "user_id": event.user_id,
         "seq": event.seq,
         "frame": event_frame_text(event),
     }
-    layer = get_channel_layer()
     try:
         await asyncio.wait_for(
-            layer.group_send(user_group_name(event.user_id), message),
-            timeout=PUBLISH_TIMEOUT_SECONDS,
+            get_channel_layer().group_send(user_group_name(event.user_id), message), timeout=timeout_seconds
         )
     except Exception as exc:  # Any layer backend error: the event stays pending.
         reason = f"{type(exc).__name__}: {exc}"[:LAST_ERROR_MAX_CHARS]
@@ -121,10 +130,8 @@ async def aevent_publish(*, event: Event) -> bool:
             event.seq,
             reason,
         )
-        await _amark(_event_mark_failed, event_id=event.id, reason=reason)
-        return False
-    await _amark(_event_mark_published, event_id=event.id)
-    return True
+        return reason
+    return None
 
 
 async def alayer_ping(*, timeout_seconds: float) -> None:
@@ -208,10 +215,20 @@ def _event_mark_published(*, event_id: uuid.UUID) -> None:
     Event.objects.filter(pk=event_id, published_at__isnull=True).update(published_at=timezone.now())
 
 
-def _event_mark_failed(*, event_id: uuid.UUID, reason: str) -> None:
+def _event_mark_failed(*, event_id: uuid.UUID, attempts: int, reason: str) -> None:
+    """Count a failed publish and set when the drainer may try again (exponential backoff)."""
     Event.objects.filter(pk=event_id, published_at__isnull=True).update(
-        publish_attempts=F("publish_attempts") + 1, last_error=reason
+        publish_attempts=F("publish_attempts") + 1,
+        last_error=reason,
+        next_attempt_at=timezone.now() + timedelta(seconds=publish_backoff_seconds(attempts)),
     )
+
+
+def publish_backoff_seconds(attempts: int) -> float:
+    """How long to wait after the ``attempts``-th failed publish of an event."""
+    base: float = settings.DRAIN_BACKOFF_BASE_SECONDS
+    cap: float = settings.DRAIN_BACKOFF_MAX_SECONDS
+    return float(min(cap, base * 2 ** max(0, min(attempts - 1, 30))))
 
 
 async def _amark(func: Any, **kwargs: Any) -> None:

@@ -1,0 +1,375 @@
+"""drain_events: publishing what the on-commit publisher could not, and stopping cleanly.
+
+The drainer runs as a real subprocess against real Redis. What it sends is
+observed by subscribing to the users' Redis channels directly, so "marked
+published" can be checked against "actually sent".
+"""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from channels_redis.pubsub import RedisPubSubChannelLayer
+from django.utils import timezone
+from redis import asyncio as aioredis
+
+from agents.models import AgentRun, RunStatus
+from config.settings import redis_channel_layers
+from notifications.drain import drain_batch, pending_counts
+from notifications.models import Event, Stream
+from notifications.services import aevent_record, user_group_name
+from tests.conftest import SESSION_PREFIX, test_database_url
+from tests.servers import ROOT, DaphneServer, RedisServer, free_port
+from tests.wsclient import access_token, ws_connect
+
+pytestmark = pytest.mark.e2e
+
+EXIT_BOUND_SECONDS = 5.0
+
+
+def pending_events(user_ids: list[int], per_user: int) -> int:
+    """Write events straight into the log as pending (as if every publish had failed)."""
+    now = timezone.now() - timedelta(minutes=1)
+    rows = []
+    for user_id in user_ids:
+        Stream.objects.update_or_create(user_id=user_id, defaults={"last_seq": per_user})
+        run_id = uuid.uuid4()
+        rows += [
+            Event(
+                user_id=user_id,
+                seq=seq,
+                event="agent_thinking",
+                run_id=run_id,
+                agent="demo",
+                data={"step": seq},
+                created_at=now,
+            )
+            for seq in range(1, per_user + 1)
+        ]
+    Event.objects.bulk_create(rows, batch_size=2000)
+    return len(rows)
+
+
+class Drainer:
+    """``manage.py drain_events`` as a subprocess on the test database."""
+
+    def __init__(self, redis_url: str, *args: str, **env: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "drain_events", *args],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "DATABASE_URL": test_database_url(),
+                "REDIS_URL": redis_url,
+                "CHANNEL_LAYER_PREFIX": SESSION_PREFIX,
+                "PYTHONUNBUFFERED": "1",
+                **env,
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def wait_for_line(self, text: str, *, timeout: float = 20) -> None:
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        while text not in self.process.stdout.readline():
+            assert self.process.poll() is None, self.process.stderr.read() if self.process.stderr else ""
+            assert time.monotonic() < deadline, f"no {text!r} within {timeout}s"
+
+    def finish(self, *, timeout: float = 30) -> tuple[int, str, str]:
+        stdout, stderr = self.process.communicate(timeout=timeout)
+        return self.process.returncode, stdout, stderr
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate(timeout=10)
+
+
+@pytest.fixture
+def drainers() -> Iterator[Callable[..., Drainer]]:
+    started: list[Drainer] = []
+
+    def start(redis_url: str, *args: str, **env: str) -> Drainer:
+        drainer = Drainer(redis_url, *args, **env)
+        started.append(drainer)
+        return drainer
+
+    yield start
+    for drainer in started:
+        drainer.kill()
+
+
+class Subscriber:
+    """Every event message Redis carries to user groups, as (user_id, seq)."""
+
+    def __init__(self) -> None:
+        self.seen: Counter[tuple[int, int]] = Counter()
+        self.decoder = RedisPubSubChannelLayer()
+
+    async def run(self, redis_url: str, ready: asyncio.Event) -> None:
+        client = aioredis.from_url(redis_url)
+        pubsub = client.pubsub()
+        try:
+            await pubsub.psubscribe(f"{SESSION_PREFIX}__group__user.*")
+            ready.set()
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None:
+                    body = self.decoder.deserialize(message["data"])
+                    self.seen[(body["user_id"], body["seq"])] += 1
+        finally:
+            await pubsub.aclose()
+            await client.aclose()
+
+    async def wait_for(self, count: int, *, timeout: float = 20) -> None:
+        async with asyncio.timeout(timeout):
+            while sum(self.seen.values()) < count:  # noqa: ASYNC110 (messages arrive on another task)
+                await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def subscriber(redis_url: str) -> AsyncIterator[Subscriber]:
+    listener = Subscriber()
+    ready = asyncio.Event()
+    task = asyncio.create_task(listener.run(redis_url, ready))
+    await asyncio.wait_for(ready.wait(), timeout=5)
+    yield listener
+    task.cancel()
+    await asyncio.wait([task])
+
+
+def published_pairs() -> set[tuple[int, int]]:
+    return set(Event.objects.filter(published_at__isnull=False).values_list("user_id", "seq"))
+
+
+async def test_events_pending_while_redis_was_down_reach_the_client_after_a_drain(
+    redis_server_factory: Callable[[], RedisServer],
+    daphne_factory: Callable[..., DaphneServer],
+    drainers: Callable[..., Drainer],
+    settings: Any,
+    alice: Any,
+) -> None:
+    redis = redis_server_factory()
+    # A heartbeat that never comes in the test: only the drainer's publish can deliver.
+    server = daphne_factory(redis_url=redis.url, WS_HEARTBEAT_SECONDS="3600")
+    settings.CHANNEL_LAYERS = redis_channel_layers(redis_url=redis.url, layer="pubsub", prefix=SESSION_PREFIX)
+    try:
+        async with ws_connect(server.ws_url, access_token(alice)) as client:
+            await sync_to_async(redis.stop)()
+            run_id = uuid.uuid4()
+            for step in range(20):
+                await aevent_record(
+                    user_id=alice.pk, event="agent_thinking", run_id=run_id, agent="demo", data={"step": step}
+                )
+            assert await Event.objects.filter(published_at__isnull=True).acount() == 20
+            await sync_to_async(redis.start)()
+            await _wait_until_subscribed(redis.url, f"{SESSION_PREFIX}__group__{user_group_name(alice.pk)}")
+
+            drainer = drainers(redis.url, "--once", "--min-age", "0")
+            code, stdout, stderr = await asyncio.to_thread(drainer.finish)
+            assert code == 0, stderr
+            assert "Published 20, failed 0, still pending 0" in stdout
+            events = await client.events(20)
+            assert [event["seq"] for event in events] == list(range(1, 21))
+            assert await client.settle() == []
+    finally:
+        await get_channel_layer().flush()
+
+
+async def _wait_until_subscribed(redis_url: str, channel: str) -> None:
+    """The server re-subscribes after Redis comes back; wait (bounded) until it has."""
+    client = aioredis.from_url(redis_url)
+    try:
+        async with asyncio.timeout(15):
+            while not (await client.pubsub_numsub(channel))[0][1]:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+
+
+async def test_sigterm_mid_drain_exits_0_in_bound_and_marks_only_what_was_sent(
+    redis_url: str, drainers: Callable[..., Drainer], subscriber: Subscriber, make_user: Any
+) -> None:
+    users = [await sync_to_async(make_user)() for _ in range(10)]
+    total = await sync_to_async(pending_events)([user.pk for user in users], 2000)
+    drainer = drainers(redis_url, "--batch-size", "100", "--min-age", "0", "-v", "2")
+    await asyncio.to_thread(drainer.wait_for_line, "Batch: published")
+    started = time.monotonic()
+    drainer.process.send_signal(signal.SIGTERM)
+    code, stdout, stderr = await asyncio.to_thread(drainer.finish)
+    assert time.monotonic() - started < EXIT_BOUND_SECONDS
+    assert code == 0, stderr
+    assert "SIGTERM: finishing the batch in hand" in stderr
+    published = await sync_to_async(published_pairs)()
+    assert 0 < len(published) < total, "the signal should land mid-drain"
+    assert f"Published {len(published)}," in stdout
+    await subscriber.wait_for(len(published))
+    assert published <= set(subscriber.seen)  # Nothing marked published without being sent.
+    assert await Event.objects.acount() == total  # Nothing lost: the rest is still pending.
+    assert await Event.objects.filter(published_at__isnull=True).acount() == total - len(published)
+
+
+async def test_second_signal_exits_at_once_and_leaves_the_batch_pending(
+    redis_server_factory: Callable[[], RedisServer], drainers: Callable[..., Drainer], alice: Any
+) -> None:
+    redis = redis_server_factory()
+    await sync_to_async(pending_events)([alice.pk], 50)
+    paused = aioredis.from_url(redis.url)
+    try:
+        # Writes hang: the batch in hand cannot finish while Redis is paused.
+        await paused.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+        drainer = drainers(redis.url, "--min-age", "0", "--shutdown-timeout", "30", "-v", "3")
+        await asyncio.to_thread(drainer.wait_for_line, "Claimed 50 events.")  # Now stuck on the paused Redis.
+        drainer.process.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(_wait_for_stderr_line, drainer, "finishing the batch in hand")
+        started = time.monotonic()
+        drainer.process.send_signal(signal.SIGTERM)
+        code, _, stderr = await asyncio.to_thread(drainer.finish)
+        assert time.monotonic() - started < EXIT_BOUND_SECONDS
+        assert code == 130
+        assert "Second SIGTERM: exiting now" in stderr
+    finally:
+        await paused.execute_command("CLIENT", "UNPAUSE")
+        await paused.aclose()
+    assert await Event.objects.filter(published_at__isnull=True).acount() == 50
+
+
+def _wait_for_stderr_line(drainer: Drainer, text: str) -> None:
+    assert drainer.process.stderr is not None
+    deadline = time.monotonic() + 20
+    while text not in drainer.process.stderr.readline():
+        assert time.monotonic() < deadline and drainer.process.poll() is None
+
+
+async def test_shutdown_over_its_bound_exits_nonzero_and_loses_nothing(
+    redis_server_factory: Callable[[], RedisServer], drainers: Callable[..., Drainer], alice: Any
+) -> None:
+    redis = redis_server_factory()
+    await sync_to_async(pending_events)([alice.pk], 50)
+    paused = aioredis.from_url(redis.url)
+    try:
+        await paused.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+        drainer = drainers(redis.url, "--min-age", "0", "--shutdown-timeout", "0.5", "-v", "3")
+        await asyncio.to_thread(drainer.wait_for_line, "Claimed 50 events.")
+        drainer.process.send_signal(signal.SIGINT)
+        code, _, stderr = await asyncio.to_thread(drainer.finish)
+        assert code == 130
+        assert "Shutdown took too long" in stderr
+    finally:
+        await paused.execute_command("CLIENT", "UNPAUSE")
+        await paused.aclose()
+    assert await Event.objects.filter(published_at__isnull=True).acount() == 50
+
+
+async def test_two_drainers_publish_each_event_exactly_once(
+    redis_url: str, drainers: Callable[..., Drainer], subscriber: Subscriber, make_user: Any
+) -> None:
+    users = [await sync_to_async(make_user)() for _ in range(20)]
+    total = await sync_to_async(pending_events)([user.pk for user in users], 150)
+    pair = [drainers(redis_url, "--once", "--batch-size", "50", "--min-age", "0") for _ in range(2)]
+    results = await asyncio.gather(*(asyncio.to_thread(drainer.finish) for drainer in pair))
+    assert [code for code, _, _ in results] == [0, 0], [stderr for _, _, stderr in results]
+    await subscriber.wait_for(total)
+    assert len(subscriber.seen) == total
+    assert set(subscriber.seen.values()) == {1}  # Each event sent exactly once between them.
+    assert await Event.objects.filter(published_at__isnull=True).acount() == 0
+
+
+async def test_once_exits_1_when_redis_is_unreachable(drainers: Callable[..., Drainer], alice: Any) -> None:
+    await sync_to_async(pending_events)([alice.pk], 3)
+    drainer = drainers(f"redis://127.0.0.1:{free_port()}/0", "--once", "--min-age", "0")
+    code, stdout, _ = await asyncio.to_thread(drainer.finish)
+    assert code == 1
+    assert "Published 0, failed 3, still pending 3 (0 stuck at 10 attempts)." in stdout
+
+
+def test_in_memory_layer_is_refused_with_the_reason(transactional_db: None) -> None:
+    env = {**os.environ, "DATABASE_URL": test_database_url()}
+    env.pop("REDIS_URL", None)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "drain_events", "--once"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "the channel layer is in-memory: it reaches only this process" in result.stderr
+
+
+async def test_failed_publishes_back_off_then_stick_but_are_kept(settings: Any, alice: Any) -> None:
+    settings.DRAIN_BACKOFF_BASE_SECONDS = 10
+    settings.CHANNEL_LAYERS = redis_channel_layers(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", layer="pubsub", prefix="down"
+    )
+    await sync_to_async(pending_events)([alice.pk], 1)
+    drain = database_sync_to_async(drain_batch)
+    try:
+        first = await drain(batch_size=10, min_age_seconds=0, max_attempts=3)
+        assert (first.published, first.failed) == (0, 1)
+        event = await Event.objects.aget()
+        assert event.publish_attempts == 1 and "ConnectionError" in event.last_error
+        assert event.next_attempt_at is not None
+        assert 9 < (event.next_attempt_at - timezone.now()).total_seconds() <= 10
+        again = await drain(batch_size=10, min_age_seconds=0, max_attempts=3)
+        assert again.claimed == 0  # Backing off.
+
+        await Event.objects.aupdate(next_attempt_at=timezone.now())
+        await drain(batch_size=10, min_age_seconds=0, max_attempts=3)
+        event = await Event.objects.aget()
+        assert event.publish_attempts == 2
+        assert event.next_attempt_at is not None
+        assert 19 < (event.next_attempt_at - timezone.now()).total_seconds() <= 20  # Doubled.
+
+        await Event.objects.aupdate(next_attempt_at=timezone.now())
+        await drain(batch_size=10, min_age_seconds=0, max_attempts=3)
+        await Event.objects.aupdate(next_attempt_at=timezone.now())
+        stuck = await drain(batch_size=10, min_age_seconds=0, max_attempts=3)
+        assert stuck.claimed == 0  # Three attempts: stuck, no longer tried...
+        assert await sync_to_async(pending_counts)(max_attempts=3) == (1, 1)  # ...but kept.
+    finally:
+        await get_channel_layer().flush()
+
+
+async def test_min_age_leaves_fresh_events_to_the_on_commit_publisher(redis_layer: Any, alice: Any) -> None:
+    await sync_to_async(pending_events)([alice.pk], 2)
+    await Event.objects.filter(seq=2).aupdate(created_at=timezone.now())
+    result = await database_sync_to_async(drain_batch)(batch_size=10, min_age_seconds=30, max_attempts=10)
+    assert result.published == 1
+    assert [e.seq async for e in Event.objects.filter(published_at__isnull=True)] == [2]
+
+
+async def test_drain_reaps_lost_runs(redis_url: str, drainers: Callable[..., Drainer], alice: Any) -> None:
+    long_ago = timezone.now() - timedelta(hours=1)
+    run = await AgentRun.objects.acreate(
+        user=alice,
+        agent="demo",
+        input={},
+        timeout_seconds=10,
+        status=RunStatus.RUNNING,
+        created_at=long_ago,
+        started_at=long_ago,
+    )
+    code, stdout, stderr = await asyncio.to_thread(drainers(redis_url, "--once").finish)
+    assert code == 0, stderr
+    assert "runs_reap_lost_default: 1" in stdout
+    await run.arefresh_from_db()
+    assert run.status == RunStatus.FAILED
+    assert run.error == {"kind": "lost", "message": "The process running this agent stopped before the run ended."}
+    assert await Event.objects.filter(run_id=run.id, event="agent_error", published_at__isnull=False).aexists()
