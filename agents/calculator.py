@@ -5,6 +5,8 @@ import math
 import operator
 from collections.abc import Callable
 
+from .exceptions import ToolError
+
 EXPRESSION_MAX_CHARS = 500
 NODES_MAX = 200
 INT_BITS_MAX = 4096  # About 1,200 decimal digits.
@@ -24,7 +26,7 @@ _BINARY: dict[type[ast.operator], Callable[[Number, Number], Number]] = {
 _UNARY: dict[type[ast.unaryop], Callable[[Number], Number]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 
 
-class InvalidExpression(ValueError):
+class InvalidExpression(ToolError, ValueError):
     """The expression is not arithmetic this calculator accepts, or has no finite value."""
 
 

@@ -11,16 +11,17 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.utils import timezone
 
 from notifications.exceptions import InvalidEventData
 from notifications.models import Event, EventType
-from notifications.services import aevent_record, aevent_record_if
+from notifications.services import aevent_record, aevents_record_if
 
 from .exceptions import AgentError, ToolError, UnknownTool
 from .lifecycle import Lifecycle
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 MESSAGE_MAX_CHARS = 500
 RESULT_ENVELOPE_BYTES = 1024
+FINISH_RETRY_SECONDS = (0.1, 0.5, 1.0)
 Observer = Callable[[Event], None]
 T = TypeVar("T")
 
@@ -78,37 +80,51 @@ class RunContext:
         """Call a registered tool, announcing it before and reporting it after.
 
         A tool that raises is reported (``ok: false``) and then raised to the
-        agent as ``ToolError``, which the agent may handle.
+        agent as ``ToolError``, which the agent may handle. Only the text of a
+        ``ToolError`` (or other ``AgentError``) reaches the user.
         """
         spec = tool_get(name)
         spec.bind(args)
         call_id = uuid.uuid4().hex
-        await self._emit(EventType.TOOL_EXECUTING, {"call_id": call_id, "tool": name, "args": args}, call_id=call_id)
+        try:
+            await self._emit(
+                EventType.TOOL_EXECUTING, {"call_id": call_id, "tool": name, "args": args}, call_id=call_id, tool=name
+            )
+        except InvalidEventData as exc:
+            raise ToolError(f"Bad arguments for tool {name}: {exc}") from None
         started = time.monotonic()
         try:
             result = await (spec.func(**args) if spec.is_async else asyncio.to_thread(spec.func, **args))
         except Exception as exc:
-            # Tools report what the caller got wrong with ToolError or ValueError.
-            message = str(exc)[:MESSAGE_MAX_CHARS] if isinstance(exc, ValueError) else user_message(exc)
-            await self._emit(
-                EventType.TOOL_COMPLETED,
-                {"call_id": call_id, "tool": name, "ok": False, "error": message, "duration_ms": _ms_since(started)},
-                call_id=call_id,
-            )
+            message = user_message(exc)
+            await self._tool_failed(call_id, name, started, message)
             raise ToolError(f"Tool {name} failed: {message}") from exc
         data = {"call_id": call_id, "tool": name, "ok": True, "result": result, "duration_ms": _ms_since(started)}
         try:
             await self._emit(EventType.TOOL_COMPLETED, data, call_id=call_id)
-        except InvalidEventData as exc:
-            raise ToolError(f"Tool {name} returned a result that cannot be sent: {exc}") from None
+        except InvalidEventData:
+            message = "The tool returned a result that cannot be sent (not JSON, or too large)."
+            await self._tool_failed(call_id, name, started, message)
+            raise ToolError(f"Tool {name} failed: {message}") from None
         return result
 
-    async def _emit(self, event: str, data: dict[str, Any], *, call_id: str | None = None) -> None:
+    async def _tool_failed(self, call_id: str, name: str, started: float, message: str) -> None:
+        data = {"call_id": call_id, "tool": name, "ok": False, "error": message, "duration_ms": _ms_since(started)}
+        await self._emit(EventType.TOOL_COMPLETED, data, call_id=call_id)
+
+    async def _emit(self, event: str, data: dict[str, Any], *, call_id: str | None = None, tool: str = "") -> None:
         async with self._emit_lock:
-            self._lifecycle.check(event, call_id=call_id)
-            record = await aevent_record(
-                user_id=self.user_id, event=event, run_id=self.run_id, agent=self.agent, data=data
-            )
+            # Advance first: once the write has been handed to the database it
+            # happens, even if this task is cancelled while it publishes.
+            before = self._lifecycle.snapshot()
+            self._lifecycle.advance(event, call_id=call_id, tool=tool)
+            try:
+                record = await aevent_record(
+                    user_id=self.user_id, event=event, run_id=self.run_id, agent=self.agent, data=data
+                )
+            except (InvalidEventData, DatabaseError):
+                self._lifecycle.restore(before)  # Nothing was written.
+                raise
         self._observe(record)
 
     def _observe(self, record: Event) -> None:
@@ -129,50 +145,72 @@ class RunContext:
 
         async with self._emit_lock:
             self._lifecycle.check(EventType.AGENT_STARTED)
-            record = await aevent_record_if(
+            records = await aevents_record_if(
                 condition=claim,
                 user_id=self.user_id,
-                event=EventType.AGENT_STARTED,
                 run_id=self.run_id,
                 agent=self.agent,
-                data={"input": self.input},
+                events=[(EventType.AGENT_STARTED, {"input": self.input})],
             )
-        if record is not None:
+            if records:
+                self._lifecycle.advance(EventType.AGENT_STARTED)
+        for record in records:
             self._observe(record)
-        return record is not None
+        return bool(records)
 
     async def _finish(self, outcome: Outcome) -> None:
-        """Close any open tool calls, then record the one terminal event with the run's end."""
+        """Close any open tool calls and record the one terminal event, with the run's end.
+
+        All of it is written in the transaction that moves the run out of its
+        active status, so if a reaper ended the run first nothing is written
+        after its ``agent_error``. Calling it again is a no-op.
+        """
         duration_ms = _ms_since(self._started_at)
         async with self._emit_lock:
-            for call_id, tool in list(self._lifecycle.open_calls.items()):
-                self._lifecycle.check(EventType.TOOL_COMPLETED, call_id=call_id)
-                record = await aevent_record(
-                    user_id=self.user_id,
-                    event=EventType.TOOL_COMPLETED,
-                    run_id=self.run_id,
-                    agent=self.agent,
-                    data={"call_id": call_id, "tool": tool, "ok": False, "error": outcome.message, "duration_ms": None},
+            if self._lifecycle.finished:
+                return
+            events: list[tuple[str, dict[str, Any]]] = [
+                (
+                    EventType.TOOL_COMPLETED,
+                    {"call_id": call_id, "tool": tool, "ok": False, "error": outcome.message, "duration_ms": None},
                 )
-                self._observe(record)
+                for call_id, tool in self._lifecycle.open_calls.items()
+            ]
             if outcome.kind is None:
-                event, data = EventType.AGENT_COMPLETED, {"result": outcome.result, "duration_ms": duration_ms}
+                events.append((EventType.AGENT_COMPLETED, {"result": outcome.result, "duration_ms": duration_ms}))
                 error = None
             else:
-                event = EventType.AGENT_ERROR
                 data = {"kind": outcome.kind, "message": outcome.message, "duration_ms": duration_ms}
+                events.append((EventType.AGENT_ERROR, data))
                 error = {"kind": outcome.kind, "message": outcome.message}
-            self._lifecycle.check(event)
-            terminal = await aevent_record_if(
-                condition=_finish_claim(self.run_id, outcome, error),
-                user_id=self.user_id,
-                event=event,
-                run_id=self.run_id,
-                agent=self.agent,
-                data=data,
+            records = await _retrying(
+                lambda: aevents_record_if(
+                    condition=_finish_claim(self.run_id, outcome, error),
+                    user_id=self.user_id,
+                    run_id=self.run_id,
+                    agent=self.agent,
+                    events=events,
+                )
             )
-        if terminal is not None:
-            self._observe(terminal)
+            # Written now, or by whoever claimed the run first: the run is over either way.
+            self._lifecycle.finished = True
+        for record in records:
+            self._observe(record)
+
+
+async def _retrying(write: Callable[[], Awaitable[list[Event]]]) -> list[Event]:
+    """Retry a run's final write through a short database outage, then give up.
+
+    A run whose end could not be written stays active and is ended as
+    ``lost`` by the reaper that drain_events runs.
+    """
+    for delay in FINISH_RETRY_SECONDS:
+        try:
+            return await write()
+        except DatabaseError:
+            logger.warning("Could not record a run's end; retrying in %ss", delay, exc_info=True)
+            await asyncio.sleep(delay)
+    return await write()
 
 
 def _finish_claim(run_id: uuid.UUID, outcome: Outcome, error: dict[str, str] | None) -> Callable[[], bool]:
@@ -207,6 +245,10 @@ async def run_execute(spec: AgentSpec, ctx: RunContext, timeout_seconds: float) 
             raise asyncio.CancelledError
         async with deadline:
             result = await spec.func(ctx, ctx.input)
+        if deadline.expired():  # The agent swallowed the timeout's cancellation.
+            raise TimeoutError
+        if ctx.cancel_requested:  # ...or a cancel's.
+            raise asyncio.CancelledError
         outcome = _completed(result)
     except TimeoutError as exc:
         if deadline.expired():
@@ -257,11 +299,11 @@ async def _uncancellable(coro: Coroutine[Any, Any, T]) -> T:
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            if task.done():
-                raise
             current = asyncio.current_task()
             if current is not None:
                 current.uncancel()
+            if task.done():  # The cancel landed just as it finished.
+                return task.result()
 
 
 def _ms_since(start: float) -> int:

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from .models import AgentRun
+from .models import AgentRun, RunStatus
 from .registry import AgentSpec
-from .runner import RunContext, run_execute
+from .runner import Outcome, RunContext, run_execute
 
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_REASON = "The run was cancelled because the server is shutting down."
+FORCE_END_TIMEOUT_SECONDS = 2.0
 
 
 @dataclass(slots=True)
@@ -100,8 +101,22 @@ class RunSupervisor:
             logger.info("Cancelling %d run(s) for shutdown", len(tasks))
             _, pending = await asyncio.wait(tasks, timeout=timeout_seconds)
             if pending:
-                logger.error("%d run(s) did not record their end within %ss", len(pending), timeout_seconds)
+                logger.error(
+                    "%d run(s) ignored cancellation for %ss; ending them in the log", len(pending), timeout_seconds
+                )
+                await self._force_end([tracked.ctx for tracked in self._runs.values() if tracked.task in pending])
         await self._poller_stop()
+
+    async def _force_end(self, contexts: list[RunContext]) -> None:
+        """Record the end of runs whose agents ignore cancellation (they can emit nothing more)."""
+        for ctx in contexts:
+            try:
+                await asyncio.wait_for(
+                    ctx._finish(Outcome(RunStatus.CANCELLED, kind="cancelled", message=SHUTDOWN_REASON)),
+                    timeout=FORCE_END_TIMEOUT_SECONDS,
+                )
+            except Exception:  # The reaper will end it as lost.
+                logger.exception("Could not record the end of run %s", ctx.run_id)
 
     def _forget(self, run_id: uuid.UUID, task: asyncio.Task[object]) -> None:
         self._runs.pop(run_id, None)

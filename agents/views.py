@@ -52,7 +52,8 @@ class AgentListView(APIView):
 class RunStartBody(serializers.Serializer):  # type: ignore[type-arg]
     agent = serializers.CharField(max_length=100)
     input = serializers.JSONField(default=dict)
-    timeout = serializers.FloatField(required=False, allow_null=True)
+    # Checked by the run service, by the same rules as the WebSocket's run.start.
+    timeout = serializers.JSONField(required=False)
 
 
 class RunsQuery(serializers.Serializer):  # type: ignore[type-arg]

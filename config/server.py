@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLL_SECONDS = 0.02
+SHUTDOWN_HOOK_TIMEOUT_SECONDS = 15.0
 
 
 class GracefulServer(Server):
@@ -103,7 +104,7 @@ async def _run_shutdown_hooks() -> None:
     """Await each of settings.SHUTDOWN_HOOKS; one failing does not stop the others."""
     for path in settings.SHUTDOWN_HOOKS:
         try:
-            await import_string(path)()
+            await asyncio.wait_for(import_string(path)(), timeout=SHUTDOWN_HOOK_TIMEOUT_SECONDS)
         except Exception:  # Shutdown goes on; the failure is logged.
             logger.exception("Shutdown hook %s failed", path)
 

@@ -9,7 +9,7 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -61,33 +61,35 @@ async def aevent_record(
     return record
 
 
-async def aevent_record_if(
+async def aevents_record_if(
     *,
     condition: Callable[[], bool],
     user_id: int,
-    event: str,
     run_id: uuid.UUID | str,
     agent: str,
-    data: dict[str, Any],
-) -> Event | None:
-    """Run ``condition`` and write the event in one transaction, then publish.
+    events: Sequence[tuple[str, dict[str, Any]]],
+) -> list[Event]:
+    """Run ``condition`` and write the events in one transaction, then publish them in order.
 
     ``condition`` runs first, inside the transaction (for example, a
     conditional update that claims a state change); when it returns False
-    nothing is written and None is returned. This is how a caller makes
-    "change my state and log the event" atomic.
+    nothing is written and the list is empty. This is how a caller makes
+    "change my state and log these events" atomic.
     """
 
-    def write() -> Event | None:
+    def write() -> list[Event]:
         with transaction.atomic():
             if not condition():
-                return None
-            return _event_write(user_id=user_id, event=event, run_id=run_id, agent=agent, data=data)
+                return []
+            return [
+                _event_write(user_id=user_id, event=event, run_id=run_id, agent=agent, data=data)
+                for event, data in events
+            ]
 
-    record: Event | None = await database_sync_to_async(write)()
-    if record is not None:
+    records: list[Event] = await database_sync_to_async(write)()
+    for record in records:
         await aevent_publish(event=record)
-    return record
+    return records
 
 
 def event_publish(*, event: Event) -> bool:

@@ -2,6 +2,7 @@
 
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -178,3 +179,32 @@ class DaphneServer:
         text = self.log()[since:]
         problems = [line for line in text.splitlines() if LOG_PROBLEMS.search(line)]
         assert not problems, "The server logged problems:\n" + text
+
+
+class LineReader:
+    """Read a child's output pipe line by line, every wait bounded (select on the raw fd)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.fd = stream.fileno()
+        self.buffer = b""
+        self.lines: list[str] = []
+
+    def until(self, text: str, *, timeout: float = 20.0) -> str:
+        """Return the first line containing ``text``; fail after ``timeout`` seconds or at end of output."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self.buffer:
+                raw, self.buffer = self.buffer.split(b"\n", 1)
+                line = raw.decode(errors="replace")
+                self.lines.append(line)
+                if text in line:
+                    return line
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"No line with {text!r} within {timeout}s; got {self.lines[-5:]}")
+            ready, _, _ = select.select([self.fd], [], [], remaining)
+            if ready:
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    raise AssertionError(f"Output ended before a line with {text!r}; got {self.lines[-5:]}")
+                self.buffer += chunk

@@ -113,3 +113,46 @@ def assert_lifecycle(events: list[tuple[str, dict[str, Any]]]) -> None:
         elif name == "tool_completed":
             open_calls.remove(data["call_id"])
     assert not open_calls, names
+
+
+@tool("test_echo", description="Return its argument.")
+def echo(value: object) -> object:
+    return value
+
+
+@tool("test_make_object", description="Return something that is not JSON.")
+def make_object() -> object:
+    return object()
+
+
+@agent("test_unsendable_result", description="Calls a tool whose result is not JSON.")
+async def unsendable_result(ctx: RunContext, input: dict[str, Any]) -> None:
+    await ctx.tool("test_make_object")
+
+
+@agent("test_unsendable_args", description="Calls a tool with arguments that are not JSON.")
+async def unsendable_args(ctx: RunContext, input: dict[str, Any]) -> None:
+    await ctx.tool("test_echo", value={1, 2})
+
+
+@agent("test_swallows_cancel", description="Catches its cancellation and returns as if done.")
+async def swallows_cancel(ctx: RunContext, input: dict[str, Any]) -> str:
+    await ctx.think("Waiting.")
+    try:
+        await NEVER().wait()
+    except asyncio.CancelledError:
+        pass
+    return "pretending to be done"
+
+
+@agent("test_stubborn", description="Ignores every cancellation until its run is ended for it.")
+async def stubborn(ctx: RunContext, input: dict[str, Any]) -> None:
+    await ctx.think("Working.")
+    cancelled = False
+    while True:
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            cancelled = True
+        if cancelled:
+            await ctx.think("Ignoring the cancel.")  # LifecycleError once the run was ended.

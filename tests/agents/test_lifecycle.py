@@ -6,21 +6,26 @@ from agents.exceptions import LifecycleError
 from agents.lifecycle import Lifecycle
 
 
-def started() -> Lifecycle:
+def test_a_whole_run_in_order_is_accepted() -> None:
+    lifecycle = Lifecycle()
+    lifecycle.advance("agent_started")
+    lifecycle.advance("agent_thinking")
+    lifecycle.advance("tool_executing", call_id="a", tool="t")
+    lifecycle.advance("tool_executing", call_id="b", tool="u")
+    assert lifecycle.open_calls == {"a": "t", "b": "u"}
+    lifecycle.advance("tool_completed", call_id="b")
+    lifecycle.advance("tool_completed", call_id="a")
+    lifecycle.advance("agent_completed")
+    assert lifecycle.finished and not lifecycle.open_calls
+
+
+def test_check_alone_does_not_advance() -> None:
     lifecycle = Lifecycle()
     lifecycle.check("agent_started")
-    return lifecycle
-
-
-def test_a_whole_run_in_order_is_accepted() -> None:
-    lifecycle = started()
-    lifecycle.check("agent_thinking")
-    lifecycle.check("tool_executing", call_id="a", tool="t")
-    lifecycle.check("tool_executing", call_id="b", tool="t")
-    lifecycle.check("tool_completed", call_id="b")
-    lifecycle.check("tool_completed", call_id="a")
-    lifecycle.check("agent_completed")
-    assert lifecycle.finished and not lifecycle.open_calls
+    lifecycle.check("agent_started")  # Not yet recorded: still allowed.
+    assert not lifecycle.started
+    with pytest.raises(LifecycleError, match="before agent_started"):
+        lifecycle.check("agent_thinking")
 
 
 @pytest.mark.parametrize(
@@ -44,6 +49,6 @@ def test_out_of_order_events_are_programming_errors(steps: list[tuple[str, str |
     lifecycle = Lifecycle()
     *before, (last, call_id) = steps
     for event, before_call in before:
-        lifecycle.check(event, call_id=before_call)
+        lifecycle.advance(event, call_id=before_call)
     with pytest.raises(LifecycleError, match=message):
-        lifecycle.check(last, call_id=call_id)
+        lifecycle.advance(last, call_id=call_id)

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from typing import Any
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from agents.models import AgentRun, RunStatus
 from notifications.models import Event
 from tests.conftest import test_database_url
-from tests.servers import ROOT
+from tests.servers import ROOT, LineReader
 
 TIMEOUT_SECONDS = 30
 
@@ -95,15 +94,14 @@ def test_ctrl_c_cancels_the_run_cleanly(alice: Any) -> None:
         env=environment(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
     )
     try:
-        assert process.stdout is not None
-        deadline = time.monotonic() + TIMEOUT_SECONDS
-        while "agent_thinking" not in process.stdout.readline():  # Bounded by the deadline below.
-            assert time.monotonic() < deadline and process.poll() is None
+        output = LineReader(process.stdout)
+        output.until("agent_thinking", timeout=TIMEOUT_SECONDS)
         process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=10)
+        rest, errors = process.communicate(timeout=10)
+        stdout = "\n".join(output.lines) + "\n" + output.buffer.decode() + rest.decode()
+        stderr = errors.decode()
     finally:
         if process.poll() is None:
             process.kill()

@@ -1,15 +1,17 @@
 """agents.runner and agents.supervisor: lifecycle order, exactly one end, timeouts, cancels."""
 
 import asyncio
+import threading
 import time
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import connection
 
-from agents.exceptions import LifecycleError, UnknownAgent
+from agents.exceptions import LifecycleError, TooManyRuns, UnknownAgent
 from agents.models import AgentRun, RunStatus
-from agents.services import arun_cancel, arun_start
+from agents.services import arun_cancel, arun_start, run_create, runs_reap_lost
 from agents.supervisor import SupervisorClosed, supervisor
 from notifications.models import Event
 from tests.agents.conftest import assert_lifecycle, run_events, saved_contexts
@@ -140,7 +142,13 @@ async def test_timeout_inside_a_tool_closes_the_call_then_times_out(alice: Any) 
     run, events = await finished(run)
     assert_lifecycle(events)
     assert [name for name, _ in events] == ["agent_started", "tool_executing", "tool_completed", "agent_error"]
-    assert events[2][1]["ok"] is False
+    assert events[2][1] == {
+        "call_id": events[1][1]["call_id"],
+        "tool": "test_never_returns",
+        "ok": False,
+        "error": "The run took longer than its timeout of 0.05 s.",
+        "duration_ms": None,
+    }
     assert events[-1][1]["kind"] == "timeout"
     assert run.status == RunStatus.TIMED_OUT
 
@@ -234,3 +242,101 @@ async def _wait_for_event(run_id: Any, event: str) -> None:
     async with asyncio.timeout(5):
         while not await Event.objects.filter(run_id=run_id, event=event).aexists():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
+
+
+async def test_cancel_at_any_moment_still_ends_the_run_exactly_once(alice: Any) -> None:
+    """Cancel on each of the first loop turns: before start, during start, mid-agent, during the end."""
+    for delay_turns in range(0, 40, 3):
+        run = await arun_start(user_id=alice.pk, agent="calculator", input={"expression": "1+1"})
+        for _ in range(delay_turns):
+            await asyncio.sleep(0)
+        supervisor.cancel(run.id, reason="stop")
+        run, events = await finished(run)
+        assert_lifecycle(events)
+        assert run.status in {RunStatus.CANCELLED, RunStatus.COMPLETED}
+        assert (events[-1][0] == "agent_error") == (run.status == RunStatus.CANCELLED)
+
+
+async def test_a_reaper_racing_the_runner_leaves_one_end_and_nothing_after(alice: Any) -> None:
+    run = await arun_start(user_id=alice.pk, agent="test_hangs_in_tool", input={}, run_timeout=60)
+    await _wait_for_event(run.id, "tool_executing")
+    # As if its process had died: the reaper ends it while the task still runs.
+    await AgentRun.objects.filter(pk=run.id).aupdate(started_at="2000-01-01T00:00:00Z")
+    assert await sync_to_async(runs_reap_lost)(grace_seconds=0) == 1
+    await arun_cancel_quietly(alice.pk, run.id)
+    run, events = await finished(run)
+    assert [name for name, _ in events] == ["agent_started", "tool_executing", "agent_error"]
+    assert events[-1][1]["kind"] == "lost"
+    assert run.status == RunStatus.FAILED
+
+
+async def arun_cancel_quietly(user_id: int, run_id: Any) -> None:
+    """The reaper already ended it in the log, so only the task is left to stop."""
+    supervisor.cancel(run_id, reason="stop")
+
+
+async def test_unsendable_tool_result_closes_the_call_as_failed(alice: Any) -> None:
+    run = await arun_start(user_id=alice.pk, agent="test_unsendable_result", input={})
+    run, events = await finished(run)
+    assert_lifecycle(events)
+    assert [name for name, _ in events] == ["agent_started", "tool_executing", "tool_completed", "agent_error"]
+    assert events[2][1]["ok"] is False
+    assert events[2][1]["error"] == "The tool returned a result that cannot be sent (not JSON, or too large)."
+
+
+async def test_unsendable_tool_args_are_refused_before_the_call(alice: Any) -> None:
+    run = await arun_start(user_id=alice.pk, agent="test_unsendable_args", input={})
+    run, events = await finished(run)
+    assert_lifecycle(events)
+    assert [name for name, _ in events] == ["agent_started", "agent_error"]
+    assert events[-1][1]["message"].startswith("Bad arguments for tool test_echo: data must be JSON-serialisable")
+
+
+@pytest.mark.parametrize(("how", "kind"), [("timeout", "timeout"), ("cancel", "cancelled")])
+async def test_an_agent_that_swallows_its_cancellation_still_ends_as_stopped(alice: Any, how: str, kind: str) -> None:
+    run = await arun_start(
+        user_id=alice.pk, agent="test_swallows_cancel", input={}, run_timeout=0.05 if how == "timeout" else 60
+    )
+    if how == "cancel":
+        await _wait_for_event(run.id, "agent_thinking")
+        supervisor.cancel(run.id, reason="stop")
+    run, events = await finished(run)
+    assert_lifecycle(events)
+    assert events[-1][0] == "agent_error" and events[-1][1]["kind"] == kind
+    assert run.result is None
+
+
+async def test_shutdown_ends_runs_that_ignore_cancellation(alice: Any) -> None:
+    run = await arun_start(user_id=alice.pk, agent="test_stubborn", input={}, run_timeout=60)
+    await _wait_for_event(run.id, "agent_thinking")
+    await supervisor.shutdown(timeout_seconds=0.2)
+    stored = await AgentRun.objects.aget(pk=run.id)
+    assert stored.status == RunStatus.CANCELLED
+    await asyncio.wait_for(supervisor.join(run.id), timeout=5)  # It stops once it tries to emit again.
+    events = await aevents(run.id)
+    assert_lifecycle(events)
+    assert events[-1][1]["message"] == "The run was cancelled because the server is shutting down."
+
+
+def test_concurrent_starts_respect_the_per_user_limit(alice: Any, settings: Any) -> None:
+    settings.AGENT_MAX_ACTIVE_RUNS_PER_USER = 2
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def start() -> None:
+        try:
+            barrier.wait(timeout=10)
+            run_create(user_id=alice.pk, agent="demo", input={})
+            outcomes.append("created")
+        except TooManyRuns:
+            outcomes.append("refused")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(outcomes) == ["created"] * 2 + ["refused"] * 6
+    assert AgentRun.objects.count() == 2

@@ -31,7 +31,7 @@ from notifications.drain import drain_batch, pending_counts
 from notifications.models import Event, Stream
 from notifications.services import aevent_record, user_group_name
 from tests.conftest import SESSION_PREFIX, test_database_url
-from tests.servers import ROOT, DaphneServer, RedisServer, free_port
+from tests.servers import ROOT, DaphneServer, LineReader, RedisServer, free_port
 from tests.wsclient import access_token, ws_connect
 
 pytestmark = pytest.mark.e2e
@@ -79,24 +79,33 @@ class Drainer:
             },
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            text=True,
         )
+        self.stdout = LineReader(self.process.stdout)
+        self.stderr = LineReader(self.process.stderr)
 
     def wait_for_line(self, text: str, *, timeout: float = 20) -> None:
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + timeout
-        while text not in self.process.stdout.readline():
-            assert self.process.poll() is None, self.process.stderr.read() if self.process.stderr else ""
-            assert time.monotonic() < deadline, f"no {text!r} within {timeout}s"
+        self.stdout.until(text, timeout=timeout)
+
+    def wait_for_error_line(self, text: str, *, timeout: float = 20) -> None:
+        self.stderr.until(text, timeout=timeout)
 
     def finish(self, *, timeout: float = 30) -> tuple[int, str, str]:
-        stdout, stderr = self.process.communicate(timeout=timeout)
-        return self.process.returncode, stdout, stderr
+        """Wait for the exit; return the code and all of stdout and stderr."""
+        rest_out, rest_err = self.process.communicate(timeout=timeout)
+        return (
+            self.process.returncode,
+            _all_text(self.stdout, rest_out),
+            _all_text(self.stderr, rest_err),
+        )
 
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
             self.process.communicate(timeout=10)
+
+
+def _all_text(reader: LineReader, rest: bytes) -> str:
+    return "".join(line + "\n" for line in reader.lines) + (reader.buffer + rest).decode(errors="replace")
 
 
 @pytest.fixture
@@ -235,7 +244,7 @@ async def test_second_signal_exits_at_once_and_leaves_the_batch_pending(
         drainer = drainers(redis.url, "--min-age", "0", "--shutdown-timeout", "30", "-v", "3")
         await asyncio.to_thread(drainer.wait_for_line, "Claimed 50 events.")  # Now stuck on the paused Redis.
         drainer.process.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(_wait_for_stderr_line, drainer, "finishing the batch in hand")
+        await asyncio.to_thread(drainer.wait_for_error_line, "finishing the batch in hand")
         started = time.monotonic()
         drainer.process.send_signal(signal.SIGTERM)
         code, _, stderr = await asyncio.to_thread(drainer.finish)
@@ -246,13 +255,6 @@ async def test_second_signal_exits_at_once_and_leaves_the_batch_pending(
         await paused.execute_command("CLIENT", "UNPAUSE")
         await paused.aclose()
     assert await Event.objects.filter(published_at__isnull=True).acount() == 50
-
-
-def _wait_for_stderr_line(drainer: Drainer, text: str) -> None:
-    assert drainer.process.stderr is not None
-    deadline = time.monotonic() + 20
-    while text not in drainer.process.stderr.readline():
-        assert time.monotonic() < deadline and drainer.process.poll() is None
 
 
 async def test_shutdown_over_its_bound_exits_nonzero_and_loses_nothing(

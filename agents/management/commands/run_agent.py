@@ -3,7 +3,6 @@
 import asyncio
 import json
 import signal
-from functools import partial
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -56,6 +55,18 @@ class Command(BaseCommand):
 
     async def _run(self, *, user_id: int, agent: str, run_input: object, run_timeout: float | None) -> RunStatus:
         loop = asyncio.get_running_loop()
+        started: list[AgentRun] = []
+        interrupted = False
+
+        def interrupt() -> None:
+            # Ctrl-C (or SIGTERM) cancels the run; it then records its end and we exit.
+            nonlocal interrupted
+            interrupted = True
+            for run in started:
+                supervisor.cancel(run.id, reason=INTERRUPT_REASON)
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, interrupt)
         try:
             try:
                 run = await arun_start(
@@ -63,19 +74,17 @@ class Command(BaseCommand):
                 )
             except RunRefused as exc:
                 raise CommandError(exc.detail, returncode=EXIT_USAGE) from None
-            # Ctrl-C (or SIGTERM) cancels the run; it then records its end and we exit.
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, partial(supervisor.cancel, run.id, reason=INTERRUPT_REASON))
-            try:
-                await supervisor.join(run.id)
-            finally:
-                for signum in (signal.SIGINT, signal.SIGTERM):
-                    loop.remove_signal_handler(signum)
+            started.append(run)
+            if interrupted:
+                interrupt()
+            await supervisor.join(run.id)
             ended: AgentRun = await database_sync_to_async(AgentRun.objects.get)(pk=run.id)
             return RunStatus(ended.status)
         finally:
             await supervisor.shutdown(timeout_seconds=5)
             await alayer_close()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
 
     def _print(self, event: Event) -> None:
         frame = event_frame(event)
