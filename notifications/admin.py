@@ -8,14 +8,10 @@ from django.http import HttpRequest
 from .models import Event
 
 
-@admin.register(Event)
-class EventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ("seq", "user", "event", "agent", "run_id", "created_at", "published_at", "publish_attempts")
-    list_filter = ("event",)
-    search_fields = ("=run_id", "=user__username")
-    list_select_related = ("user",)
-    ordering = ("-created_at",)
-    show_full_result_count = False  # No full-table COUNT(*) on a large log.
+class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """An admin that shows rows and never changes them: the log is written only by its services."""
+
+    show_full_result_count = False  # No full-table COUNT(*) on a large table.
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -25,3 +21,12 @@ class EventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(Event)
+class EventAdmin(ReadOnlyAdmin):
+    list_display = ("seq", "user", "event", "agent", "run_id", "created_at", "published_at", "publish_attempts")
+    list_filter = ("event",)
+    search_fields = ("=run_id", "=user__username")
+    list_select_related = ("user",)
+    ordering = ("-created_at",)

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -232,48 +233,48 @@ async def test_sigterm_mid_drain_exits_0_in_bound_and_marks_only_what_was_sent(
     assert await Event.objects.filter(published_at__isnull=True).acount() == total - len(published)
 
 
+@asynccontextmanager
+async def stuck_drainer(
+    redis_server_factory: Callable[[], RedisServer], drainers: Callable[..., Drainer], *args: str
+) -> AsyncIterator[Drainer]:
+    """A drainer holding a claimed batch it cannot finish: its Redis refuses writes for now."""
+    redis = redis_server_factory()
+    paused = aioredis.from_url(redis.url)
+    await paused.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+    try:
+        drainer = drainers(redis.url, "--min-age", "0", "-v", "3", *args)
+        await asyncio.to_thread(drainer.wait_for_line, "Claimed 50 events.")
+        yield drainer
+    finally:
+        await paused.execute_command("CLIENT", "UNPAUSE")
+        await paused.aclose()
+
+
 async def test_second_signal_exits_at_once_and_leaves_the_batch_pending(
     redis_server_factory: Callable[[], RedisServer], drainers: Callable[..., Drainer], alice: Any
 ) -> None:
-    redis = redis_server_factory()
     await sync_to_async(pending_events)([alice.pk], 50)
-    paused = aioredis.from_url(redis.url)
-    try:
-        # Writes hang: the batch in hand cannot finish while Redis is paused.
-        await paused.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
-        drainer = drainers(redis.url, "--min-age", "0", "--shutdown-timeout", "30", "-v", "3")
-        await asyncio.to_thread(drainer.wait_for_line, "Claimed 50 events.")  # Now stuck on the paused Redis.
+    async with stuck_drainer(redis_server_factory, drainers, "--shutdown-timeout", "30") as drainer:
         drainer.process.send_signal(signal.SIGTERM)
         await asyncio.to_thread(drainer.wait_for_error_line, "finishing the batch in hand")
         started = time.monotonic()
         drainer.process.send_signal(signal.SIGTERM)
         code, _, stderr = await asyncio.to_thread(drainer.finish)
-        assert time.monotonic() - started < EXIT_BOUND_SECONDS
-        assert code == 130
-        assert "Second SIGTERM: exiting now" in stderr
-    finally:
-        await paused.execute_command("CLIENT", "UNPAUSE")
-        await paused.aclose()
+    assert time.monotonic() - started < EXIT_BOUND_SECONDS
+    assert code == 130
+    assert "Second SIGTERM: exiting now" in stderr
     assert await Event.objects.filter(published_at__isnull=True).acount() == 50
 
 
 async def test_shutdown_over_its_bound_exits_nonzero_and_loses_nothing(
     redis_server_factory: Callable[[], RedisServer], drainers: Callable[..., Drainer], alice: Any
 ) -> None:
-    redis = redis_server_factory()
     await sync_to_async(pending_events)([alice.pk], 50)
-    paused = aioredis.from_url(redis.url)
-    try:
-        await paused.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
-        drainer = drainers(redis.url, "--min-age", "0", "--shutdown-timeout", "0.5", "-v", "3")
-        await asyncio.to_thread(drainer.wait_for_line, "Claimed 50 events.")
+    async with stuck_drainer(redis_server_factory, drainers, "--shutdown-timeout", "0.5") as drainer:
         drainer.process.send_signal(signal.SIGINT)
         code, _, stderr = await asyncio.to_thread(drainer.finish)
-        assert code == 130
-        assert "Shutdown took too long" in stderr
-    finally:
-        await paused.execute_command("CLIENT", "UNPAUSE")
-        await paused.aclose()
+    assert code == 130
+    assert "Shutdown took too long" in stderr
     assert await Event.objects.filter(published_at__isnull=True).acount() == 50
 
 
