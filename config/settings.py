@@ -271,7 +271,8 @@ SHUTDOWN_HOOKS = env_list("SHUTDOWN_HOOKS", ["agents.supervisor.ashutdown"])
 # drain_events: publishing what the on-commit publisher could not.
 DRAIN_BATCH_SIZE = env_int("DRAIN_BATCH_SIZE", 500)
 DRAIN_POLL_SECONDS = env_float("DRAIN_POLL_SECONDS", 1.0)
-DRAIN_MIN_AGE_SECONDS = env_float("DRAIN_MIN_AGE_SECONDS", 5.0)
+# Above the publisher's 5 s send timeout, so the drainer does not race an on-commit publish.
+DRAIN_MIN_AGE_SECONDS = env_float("DRAIN_MIN_AGE_SECONDS", 10.0)
 DRAIN_MAX_ATTEMPTS = env_int("DRAIN_MAX_ATTEMPTS", 10)
 DRAIN_BACKOFF_BASE_SECONDS = env_float("DRAIN_BACKOFF_BASE_SECONDS", 1.0)
 DRAIN_BACKOFF_MAX_SECONDS = env_float("DRAIN_BACKOFF_MAX_SECONDS", 300.0)

@@ -1,55 +1,75 @@
 """Publish pending events: the drainer's unit of work.
 
-A batch is claimed, published and recorded in one transaction. On
-PostgreSQL the claim is ``SELECT ... FOR UPDATE SKIP LOCKED``, so several
-drainers never hold the same event at once, and each marks an event
-published only after the layer accepted it. On SQLite the transaction takes
-the database's write lock (IMMEDIATE mode), so drainers simply take turns.
-If a drainer dies mid-batch, the transaction rolls back: the batch stays
-pending, and events it already sent are sent again later, which connections
-drop as duplicates.
+A batch goes in three steps, and no database transaction stays open while
+Redis is talked to:
+
+1. Claim: in one short transaction, pick users with eligible pending events
+   and lease their events (``claimed_until``). On PostgreSQL the users'
+   stream rows are taken with ``SELECT ... FOR UPDATE SKIP LOCKED``, so
+   concurrent drainers never pick the same user; on SQLite the IMMEDIATE
+   transaction serialises the picks. A user with leased events is left to
+   the drainer holding them until it records the batch or the lease ends.
+2. Send, outside any transaction: each user's events in seq order, stopping
+   at that user's first failure; nothing new starts once the drainer is
+   asked to stop or the batch runs out of time.
+3. Record, in a second short transaction: sent events are marked published
+   (only those), failed ones count an attempt and back off, unsent ones are
+   released.
+
+If a drainer dies mid-batch, its lease runs out and another drainer takes
+the events again; any it had already sent are sent twice, and connections
+drop the duplicates by seq. Nothing is lost and nothing is marked published
+without having been sent.
 """
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 from django.db import transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from .models import Event
+from .models import Event, Stream
 from .services import aevent_send, publish_backoff_seconds
 
 SEND_TIMEOUT_SECONDS = 2.0
+LEASE_SECONDS = 60.0
+# Sends stop starting after this much of the lease, so the batch is recorded
+# well before another drainer could take the same events.
+SEND_BUDGET_SECONDS = LEASE_SECONDS / 2
 
 
 @dataclass(slots=True)
 class BatchResult:
     published: int = 0
     failed: int = 0
+    released: int = 0
     failed_ids: list[uuid.UUID] = field(default_factory=list)
 
     @property
     def claimed(self) -> int:
-        return self.published + self.failed
+        return self.published + self.failed + self.released
 
 
 def pending_eligible(
-    *, min_age_seconds: float, max_attempts: int, backoff: bool = True, exclude: Collection[uuid.UUID] = ()
+    *, min_age_seconds: float, backoff: bool = True, exclude: Collection[uuid.UUID] = ()
 ) -> "QuerySet[Event]":
-    """Pending events the drainer may try now: old enough, not stuck, not backing off.
+    """Pending events a drainer may take now: old enough, not leased, not backing off.
 
     ``backoff=False`` ignores the retry times (a one-off drain tries every
     pending event once); ``exclude`` leaves out events already tried.
+    Stuck events (past the attempt limit) are still tried, at the longest
+    backoff: being reported as stuck does not stop their delivery.
     """
     now = timezone.now()
     events = Event.objects.filter(
+        Q(claimed_until__isnull=True) | Q(claimed_until__lt=now),
         published_at__isnull=True,
-        publish_attempts__lt=max_attempts,
         created_at__lte=now - timedelta(seconds=min_age_seconds),
     )
     if backoff:
@@ -60,70 +80,103 @@ def pending_eligible(
 
 
 def pending_counts(*, max_attempts: int) -> tuple[int, int]:
-    """Return (still pending, of which stuck at max attempts)."""
+    """Return (still pending, of which stuck at or past ``max_attempts``)."""
     pending = Event.objects.filter(published_at__isnull=True)
     return pending.count(), pending.filter(publish_attempts__gte=max_attempts).count()
 
 
-def drain_batch(
+def events_claim(
+    *, batch_size: int, min_age_seconds: float, backoff: bool = True, exclude: Collection[uuid.UUID] = ()
+) -> list[Event]:
+    """Lease up to ``batch_size`` eligible events; return them in (user, seq) order.
+
+    Users are claimed whole: a user whose events another drainer holds is
+    skipped, so one user's events never go out from two drainers at once and
+    stay in seq order on the wire. Users with the oldest events go first.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        eligible = pending_eligible(min_age_seconds=min_age_seconds, backoff=backoff, exclude=exclude)
+        held = Event.objects.filter(published_at__isnull=True, claimed_until__gte=now).values("user_id")
+        eligible = eligible.exclude(user_id__in=held)
+        oldest_first = eligible.order_by("created_at", "user_id", "seq").values_list("user_id", flat=True)
+        users = list(dict.fromkeys(oldest_first[:batch_size]))
+        # Lock the users' stream rows; another drainer claiming now skips them.
+        locked = list(
+            Stream.objects.select_for_update(skip_locked=True)
+            .filter(user_id__in=users)
+            .values_list("user_id", flat=True)
+        )
+        claimed = list(eligible.filter(user_id__in=locked).order_by("user_id", "seq")[:batch_size])
+        if claimed:
+            lease_end = now + timedelta(seconds=LEASE_SECONDS)
+            Event.objects.filter(pk__in=[event.pk for event in claimed]).update(claimed_until=lease_end)
+    return claimed
+
+
+def events_record(*, sent: list[uuid.UUID], failed: dict[uuid.UUID, tuple[int, str]], unsent: list[uuid.UUID]) -> None:
+    """Record a batch's outcome and end its lease; ``failed`` maps an event to (attempts so far, reason)."""
+    now = timezone.now()
+    with transaction.atomic():
+        Event.objects.filter(pk__in=sent).update(published_at=now, next_attempt_at=None, claimed_until=None)
+        for pk, (attempts, reason) in failed.items():
+            Event.objects.filter(pk=pk).update(
+                publish_attempts=F("publish_attempts") + 1,
+                last_error=reason,
+                next_attempt_at=now + timedelta(seconds=publish_backoff_seconds(attempts + 1)),
+                claimed_until=None,
+            )
+        Event.objects.filter(pk__in=unsent).update(claimed_until=None)
+
+
+async def adrain_batch(
     *,
     batch_size: int,
     min_age_seconds: float,
-    max_attempts: int,
     backoff: bool = True,
     exclude: Collection[uuid.UUID] = (),
+    stop: asyncio.Event | None = None,
     on_claimed: Callable[[int], None] | None = None,
 ) -> BatchResult:
-    """Claim up to ``batch_size`` eligible events, publish them, record each outcome.
-
-    Oldest first; within a user, in seq order. Runs in a database thread;
-    the sends go to the event loop through ``async_to_sync``.
-    """
+    """Claim, send and record one batch (see the module docstring)."""
+    claimed: list[Event] = await database_sync_to_async(events_claim)(
+        batch_size=batch_size, min_age_seconds=min_age_seconds, backoff=backoff, exclude=exclude
+    )
     result = BatchResult()
-    with transaction.atomic():
-        claimed = list(
-            pending_eligible(
-                min_age_seconds=min_age_seconds, max_attempts=max_attempts, backoff=backoff, exclude=exclude
-            )
-            .select_for_update(skip_locked=True)
-            .order_by("created_at", "user_id", "seq")[:batch_size]
-        )
-        if not claimed:
-            return result
-        if on_claimed is not None:
-            on_claimed(len(claimed))
-        claimed.sort(key=lambda event: (event.user_id, event.seq))
-        reasons = async_to_sync(_send_all)(claimed)
-        now = timezone.now()
-        sent = [event.pk for event, reason in zip(claimed, reasons, strict=True) if reason is None]
-        Event.objects.filter(pk__in=sent).update(published_at=now, next_attempt_at=None)
-        result.published = len(sent)
-        for event, reason in zip(claimed, reasons, strict=True):
-            if reason is None:
-                continue
-            attempts = event.publish_attempts + 1
-            Event.objects.filter(pk=event.pk).update(
-                publish_attempts=F("publish_attempts") + 1,
-                last_error=reason,
-                next_attempt_at=now + timedelta(seconds=publish_backoff_seconds(attempts)),
-            )
-            result.failed += 1
-            result.failed_ids.append(event.pk)
+    if not claimed:
+        return result
+    if on_claimed is not None:
+        on_claimed(len(claimed))
+    # None: sent; a string: why the send failed; absent: not tried.
+    outcomes = await _send_all(claimed, stop=stop, deadline=time.monotonic() + SEND_BUDGET_SECONDS)
+    sent = [event.pk for event in claimed if event.pk in outcomes and outcomes[event.pk] is None]
+    unsent = [event.pk for event in claimed if event.pk not in outcomes]
+    failed = {
+        event.pk: (event.publish_attempts, reason)
+        for event in claimed
+        if (reason := outcomes.get(event.pk)) is not None
+    }
+    await database_sync_to_async(events_record)(sent=sent, failed=failed, unsent=unsent)
+    result.published, result.failed, result.released = len(sent), len(failed), len(unsent)
+    result.failed_ids = list(failed)
     return result
 
 
-async def _send_all(events: list[Event]) -> list[str | None]:
-    """Send each user's events in seq order; users in parallel."""
+async def _send_all(events: list[Event], *, stop: asyncio.Event | None, deadline: float) -> dict[uuid.UUID, str | None]:
+    """Send each user's events in seq order, users side by side; a user's first failure ends their turn."""
     by_user: dict[int, list[Event]] = {}
     for event in events:
         by_user.setdefault(event.user_id, []).append(event)
+    outcomes: dict[uuid.UUID, str | None] = {}
 
-    async def send_in_order(user_events: list[Event]) -> list[tuple[uuid.UUID, str | None]]:
-        outcomes = []
+    async def send_in_order(user_events: list[Event]) -> None:
         for event in user_events:
-            outcomes.append((event.pk, await aevent_send(event=event, timeout_seconds=SEND_TIMEOUT_SECONDS)))
-        return outcomes
+            if (stop is not None and stop.is_set()) or time.monotonic() > deadline:
+                return
+            reason = await aevent_send(event=event, timeout_seconds=SEND_TIMEOUT_SECONDS)
+            outcomes[event.pk] = reason
+            if reason is not None:
+                return  # Later events of this user wait: they must not overtake this one.
 
-    per_user = await asyncio.gather(*(send_in_order(user_events) for user_events in by_user.values()))
-    reasons = {pk: reason for outcomes in per_user for pk, reason in outcomes}
-    return [reasons[event.pk] for event in events]
+    await asyncio.gather(*(send_in_order(user_events) for user_events in by_user.values()))
+    return outcomes

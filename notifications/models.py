@@ -51,6 +51,8 @@ class Event(models.Model):
     publish_attempts = models.PositiveIntegerField(default=0)
     # After a failed publish, the drainer leaves the event alone until then.
     next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # A drainer holds the event until then (it is sending it); others leave it alone.
+    claimed_until = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True, default="")
 
     class Meta:

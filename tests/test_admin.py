@@ -7,6 +7,7 @@ import pytest
 from django.test import Client
 
 from agents.services import run_create
+from notifications.models import Event
 from notifications.services import event_record
 
 
@@ -33,3 +34,31 @@ def test_event_log_and_runs_are_listed_and_searchable(staff_client: Client, alic
     runs = staff_client.get("/admin/agents/agentrun/", {"status__exact": "queued"})
     assert runs.status_code == 200 and runs.context["cl"].result_count == 1
     assert staff_client.get("/admin/notifications/event/add/").status_code == 403
+
+
+def test_stuck_events_are_marked_and_filterable(staff_client: Client, alice: Any, settings: Any) -> None:
+    settings.DRAIN_MAX_ATTEMPTS = 3
+    run_id = uuid.uuid4()
+    for seq, attempts, published in ((1, 0, True), (2, 1, False), (3, 3, False)):
+        Event.objects.create(
+            user=alice,
+            seq=seq,
+            event="agent_thinking",
+            run_id=run_id,
+            agent="demo",
+            data={},
+            created_at="2026-01-01T00:00:00Z",
+            published_at="2026-01-01T00:00:01Z" if published else None,
+            publish_attempts=attempts,
+            last_error="" if published else "ConnectionError: down",
+        )
+    states = {
+        state: sorted(
+            row.seq
+            for row in staff_client.get("/admin/notifications/event/", {"state": state}).context["cl"].result_list
+        )
+        for state in ("pending", "stuck", "published")
+    }
+    assert states == {"pending": [2, 3], "stuck": [3], "published": [1]}
+    page = staff_client.get("/admin/notifications/event/", {"state": "stuck"}).content.decode()
+    assert "ConnectionError: down" in page and 'alt="True"' in page

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -20,15 +21,15 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
+from django.db import connection, transaction
 from django.utils import timezone
 from redis import asyncio as aioredis
 
 from agents.models import AgentRun, RunStatus
 from config.settings import redis_channel_layers
-from notifications.drain import drain_batch, pending_counts
+from notifications.drain import adrain_batch, pending_counts
 from notifications.models import Event, Stream
 from notifications.services import aevent_record, user_group_name
 from tests.conftest import SESSION_PREFIX, test_database_url
@@ -128,6 +129,7 @@ class Subscriber:
 
     def __init__(self) -> None:
         self.seen: Counter[tuple[int, int]] = Counter()
+        self.order: dict[int, list[int]] = {}  # user id -> seqs in the order they went out
         self.decoder = RedisPubSubChannelLayer()
 
     async def run(self, redis_url: str, ready: asyncio.Event) -> None:
@@ -141,6 +143,7 @@ class Subscriber:
                 if message is not None:
                     body = self.decoder.deserialize(message["data"])
                     self.seen[(body["user_id"], body["seq"])] += 1
+                    self.order.setdefault(body["user_id"], []).append(body["seq"])
         finally:
             await pubsub.aclose()
             await client.aclose()
@@ -192,7 +195,7 @@ async def test_events_pending_while_redis_was_down_reach_the_client_after_a_drai
             drainer = drainers(redis.url, "--once", "--min-age", "0")
             code, stdout, stderr = await asyncio.to_thread(drainer.finish)
             assert code == 0, stderr
-            assert "Published 20, failed 0, still pending 0" in stdout
+            assert "Done: published 20, failed attempts 0; still pending 0" in stdout
             events = await client.events(20)
             assert [event["seq"] for event in events] == list(range(1, 21))
             assert await client.settle() == []
@@ -226,9 +229,11 @@ async def test_sigterm_mid_drain_exits_0_in_bound_and_marks_only_what_was_sent(
     assert "SIGTERM: finishing the batch in hand" in stderr
     published = await sync_to_async(published_pairs)()
     assert 0 < len(published) < total, "the signal should land mid-drain"
-    assert f"Published {len(published)}," in stdout
+    assert f"Done: published {len(published)}," in stdout
     await subscriber.wait_for(len(published))
     assert published <= set(subscriber.seen)  # Nothing marked published without being sent.
+    for seqs in subscriber.order.values():
+        assert seqs == sorted(seqs)
     assert await Event.objects.acount() == total  # Nothing lost: the rest is still pending.
     assert await Event.objects.filter(published_at__isnull=True).acount() == total - len(published)
 
@@ -270,9 +275,12 @@ async def test_shutdown_over_its_bound_exits_nonzero_and_loses_nothing(
     redis_server_factory: Callable[[], RedisServer], drainers: Callable[..., Drainer], alice: Any
 ) -> None:
     await sync_to_async(pending_events)([alice.pk], 50)
+    # A send stuck on the paused Redis takes up to 2 s, longer than the 0.5 s bound.
     async with stuck_drainer(redis_server_factory, drainers, "--shutdown-timeout", "0.5") as drainer:
+        started = time.monotonic()
         drainer.process.send_signal(signal.SIGINT)
         code, _, stderr = await asyncio.to_thread(drainer.finish)
+    assert time.monotonic() - started < 1.5
     assert code == 130
     assert "Shutdown took too long" in stderr
     assert await Event.objects.filter(published_at__isnull=True).acount() == 50
@@ -289,15 +297,19 @@ async def test_two_drainers_publish_each_event_exactly_once(
     await subscriber.wait_for(total)
     assert len(subscriber.seen) == total
     assert set(subscriber.seen.values()) == {1}  # Each event sent exactly once between them.
+    for seqs in subscriber.order.values():  # Each user's in seq order on the wire, even split between drainers.
+        assert seqs == sorted(seqs)
     assert await Event.objects.filter(published_at__isnull=True).acount() == 0
 
 
 async def test_once_exits_1_when_redis_is_unreachable(drainers: Callable[..., Drainer], alice: Any) -> None:
     await sync_to_async(pending_events)([alice.pk], 3)
     drainer = drainers(f"redis://127.0.0.1:{free_port()}/0", "--once", "--min-age", "0")
-    code, stdout, _ = await asyncio.to_thread(drainer.finish)
+    code, stdout, stderr = await asyncio.to_thread(drainer.finish)
     assert code == 1
-    assert "Published 0, failed 3, still pending 3 (0 stuck at 10 attempts)." in stdout
+    assert "Some events could not be published; they stay pending." in stderr
+    # The first failure ends the user's turn: the later two must not overtake it.
+    assert "Done: published 0, failed attempts 1; still pending 3 (0 stuck at 10+ attempts)." in stdout
 
 
 def test_in_memory_layer_is_refused_with_the_reason(transactional_db: None) -> None:
@@ -316,36 +328,28 @@ def test_in_memory_layer_is_refused_with_the_reason(transactional_db: None) -> N
     assert "the channel layer is in-memory: it reaches only this process" in result.stderr
 
 
-async def test_failed_publishes_back_off_then_stick_but_are_kept(settings: Any, alice: Any) -> None:
+async def test_failed_publishes_back_off_and_stuck_ones_are_still_retried(settings: Any, alice: Any) -> None:
     settings.DRAIN_BACKOFF_BASE_SECONDS = 10
+    settings.DRAIN_BACKOFF_MAX_SECONDS = 25
     settings.CHANNEL_LAYERS = redis_channel_layers(
         redis_url=f"redis://127.0.0.1:{free_port()}/0", layer="pubsub", prefix="down"
     )
     await sync_to_async(pending_events)([alice.pk], 1)
-    drain = database_sync_to_async(drain_batch)
+    waits = []
     try:
-        first = await drain(batch_size=10, min_age_seconds=0, max_attempts=3)
-        assert (first.published, first.failed) == (0, 1)
-        event = await Event.objects.aget()
-        assert event.publish_attempts == 1 and "ConnectionError" in event.last_error
-        assert event.next_attempt_at is not None
-        assert 9 < (event.next_attempt_at - timezone.now()).total_seconds() <= 10
-        again = await drain(batch_size=10, min_age_seconds=0, max_attempts=3)
-        assert again.claimed == 0  # Backing off.
-
-        await Event.objects.aupdate(next_attempt_at=timezone.now())
-        await drain(batch_size=10, min_age_seconds=0, max_attempts=3)
-        event = await Event.objects.aget()
-        assert event.publish_attempts == 2
-        assert event.next_attempt_at is not None
-        assert 19 < (event.next_attempt_at - timezone.now()).total_seconds() <= 20  # Doubled.
-
-        await Event.objects.aupdate(next_attempt_at=timezone.now())
-        await drain(batch_size=10, min_age_seconds=0, max_attempts=3)
-        await Event.objects.aupdate(next_attempt_at=timezone.now())
-        stuck = await drain(batch_size=10, min_age_seconds=0, max_attempts=3)
-        assert stuck.claimed == 0  # Three attempts: stuck, no longer tried...
-        assert await sync_to_async(pending_counts)(max_attempts=3) == (1, 1)  # ...but kept.
+        for attempt in range(1, 5):
+            result = await adrain_batch(batch_size=10, min_age_seconds=0)
+            assert (result.published, result.failed) == (0, 1)
+            event = await Event.objects.aget()
+            assert event.publish_attempts == attempt and "ConnectionError" in event.last_error
+            assert event.next_attempt_at is not None and event.claimed_until is None
+            waits.append(round((event.next_attempt_at - timezone.now()).total_seconds()))
+            assert (await adrain_batch(batch_size=10, min_age_seconds=0)).claimed == 0  # Backing off.
+            await Event.objects.aupdate(next_attempt_at=timezone.now())
+        assert waits == [10, 20, 25, 25]  # Doubling, capped.
+        # Past the attempt limit it is reported as stuck, kept, and still tried.
+        assert await sync_to_async(pending_counts)(max_attempts=3) == (1, 1)
+        assert (await adrain_batch(batch_size=10, min_age_seconds=0)).failed == 1
     finally:
         await get_channel_layer().flush()
 
@@ -353,9 +357,69 @@ async def test_failed_publishes_back_off_then_stick_but_are_kept(settings: Any, 
 async def test_min_age_leaves_fresh_events_to_the_on_commit_publisher(redis_layer: Any, alice: Any) -> None:
     await sync_to_async(pending_events)([alice.pk], 2)
     await Event.objects.filter(seq=2).aupdate(created_at=timezone.now())
-    result = await database_sync_to_async(drain_batch)(batch_size=10, min_age_seconds=30, max_attempts=10)
+    result = await adrain_batch(batch_size=10, min_age_seconds=30)
     assert result.published == 1
     assert [e.seq async for e in Event.objects.filter(published_at__isnull=True)] == [2]
+
+
+async def test_sigterm_while_redis_hangs_stops_sending_and_exits_0(
+    redis_server_factory: Callable[[], RedisServer], drainers: Callable[..., Drainer], alice: Any, bob: Any
+) -> None:
+    await sync_to_async(pending_events)([alice.pk, bob.pk], 25)
+    async with stuck_drainer(redis_server_factory, drainers) as drainer:
+        started = time.monotonic()
+        drainer.process.send_signal(signal.SIGTERM)
+        code, stdout, stderr = await asyncio.to_thread(drainer.finish)
+    assert time.monotonic() - started < EXIT_BOUND_SECONDS
+    assert code == 0, stderr
+    assert "still pending 50" in stdout
+    # What was claimed and not sent is free again for the next drainer.
+    assert not await Event.objects.filter(claimed_until__isnull=False, publish_attempts=0).aexists()
+
+
+async def test_writers_are_not_blocked_while_a_drainer_waits_on_redis(
+    redis_server_factory: Callable[[], RedisServer],
+    drainers: Callable[..., Drainer],
+    redis_layer: Any,
+    alice: Any,
+    bob: Any,
+) -> None:
+    await sync_to_async(pending_events)([bob.pk], 50)
+    async with stuck_drainer(redis_server_factory, drainers):
+        started = time.monotonic()
+        await aevent_record(user_id=alice.pk, event="agent_started", run_id=uuid.uuid4(), agent="demo", data={})
+        assert time.monotonic() - started < 1.0  # No transaction is held across the stuck send.
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SKIP LOCKED is PostgreSQL's; SQLite drainers take turns")
+async def test_users_locked_by_another_drainer_are_skipped(
+    redis_url: str, drainers: Callable[..., Drainer], alice: Any, bob: Any
+) -> None:
+    await sync_to_async(pending_events)([alice.pk, bob.pk], 5)
+    locked = threading.Event()
+    release = threading.Event()
+
+    def hold_alices_rows() -> None:
+        # What another drainer mid-claim holds: the user's stream row.
+        with transaction.atomic():
+            list(Stream.objects.select_for_update().filter(user=alice))
+            locked.set()
+            release.wait(timeout=20)
+        connection.close()
+
+    holder = threading.Thread(target=hold_alices_rows)
+    holder.start()
+    try:
+        assert await asyncio.to_thread(locked.wait, 10)
+        code, stdout, stderr = await asyncio.wait_for(
+            asyncio.to_thread(drainers(redis_url, "--once", "--min-age", "0").finish), timeout=15
+        )
+        assert code == 0, stderr
+        assert "Done: published 5, failed attempts 0; still pending 5" in stdout
+    finally:
+        release.set()
+        await asyncio.to_thread(holder.join, 20)
+    assert not await Event.objects.filter(user=bob, published_at__isnull=True).aexists()
 
 
 async def test_drain_reaps_lost_runs(redis_url: str, drainers: Callable[..., Drainer], alice: Any) -> None:

@@ -4,6 +4,7 @@ import asyncio
 import os
 import signal
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,31 +14,34 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.module_loading import import_string
 
-from notifications.drain import BatchResult, drain_batch, pending_counts
+from notifications.drain import BatchResult, adrain_batch, pending_counts
 from notifications.services import alayer_close
 
 PROGRESS_SECONDS = 2.0
-EXIT_INCOMPLETE = 1  # --once: some events could not be published.
-EXIT_FORCED = 130  # A second signal, or shutdown over its time bound.
+CLOSE_TIMEOUT_SECONDS = 2.0
+EXIT_FORCED = 130  # A second signal, or a shutdown over its time bound.
 
 
 @dataclass(slots=True)
 class Totals:
     published: int = 0
-    failed: int = 0
+    failed_attempts: int = 0
+
+    def line(self) -> str:
+        return f"published {self.published}, failed attempts {self.failed_attempts}"
 
 
 class Command(BaseCommand):
     help = (
         "Publish pending events (those whose publish failed) through the channel layer, oldest first. "
-        "Runs until SIGINT/SIGTERM, or drains once with --once. Needs REDIS_URL."
+        "Runs until SIGINT/SIGTERM, or makes one pass with --once. Needs REDIS_URL."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--once",
             action="store_true",
-            help="Try every pending event once (ignoring retry backoff), then exit: 0 if all went, 1 if some failed.",
+            help="Try every pending event once (ignoring retry backoff), then exit: 0 if all went, 1 if not.",
         )
         parser.add_argument("--batch-size", type=int, default=settings.DRAIN_BATCH_SIZE)
         parser.add_argument(
@@ -53,100 +57,106 @@ class Command(BaseCommand):
             "--max-attempts",
             type=int,
             default=settings.DRAIN_MAX_ATTEMPTS,
-            help="After this many failed publishes an event is reported as stuck (and kept).",
+            help="Report an event as stuck after this many failed publishes (it is kept, and still retried).",
         )
         parser.add_argument(
             "--shutdown-timeout",
             type=float,
             default=settings.DRAIN_SHUTDOWN_SECONDS,
-            help="On a signal, how long the batch in hand may take before the command gives up.",
+            help="On a signal, how long finishing the batch in hand may take before the command exits anyway.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if (
-            options["batch_size"] < 1
-            or options["poll_interval"] <= 0
-            or options["min_age"] < 0
-            or options["max_attempts"] < 1
-        ):
-            raise CommandError(
-                "--batch-size and --max-attempts must be at least 1, --poll-interval above 0, --min-age not negative."
-            )
+        if min(options["batch_size"], options["max_attempts"]) < 1:
+            raise CommandError("--batch-size and --max-attempts must be at least 1.")
+        if min(options["poll_interval"], options["shutdown_timeout"]) <= 0 or options["min_age"] < 0:
+            raise CommandError("--poll-interval and --shutdown-timeout must be above 0, --min-age not negative.")
         if isinstance(get_channel_layer(), InMemoryChannelLayer):
             raise CommandError(
                 "REDIS_URL is not set, so the channel layer is in-memory: it reaches only this process, "
                 "and drain_events could not deliver to any server. Set REDIS_URL to the servers' Redis."
             )
+        hooks = [(path, import_string(path)) for path in settings.DRAIN_HOOKS]  # A bad path fails now.
         self.verbosity: int = options["verbosity"]
-        totals, stopped_early = asyncio.run(self._main(options))
-        pending, stuck = pending_counts(max_attempts=options["max_attempts"])
-        self.stdout.write(
-            f"Published {totals.published}, failed {totals.failed}, still pending {pending} "
-            f"({stuck} stuck at {options['max_attempts']} attempts)."
-        )
-        if options["once"] and not stopped_early and totals.failed:
-            raise SystemExit(EXIT_INCOMPLETE)
+        incomplete = asyncio.run(self._main(options, hooks))
+        if incomplete:
+            raise CommandError("Some events could not be published; they stay pending.", returncode=1)
 
-    async def _main(self, options: dict[str, Any]) -> tuple[Totals, bool]:
+    async def _main(self, options: dict[str, Any], hooks: list[tuple[str, Any]]) -> bool:
+        """Drain until done or stopped; print the summary; return whether --once left failures."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         totals = Totals()
 
         def on_signal(signum: int) -> None:
+            name = signal.Signals(signum).name
             if stop.is_set():
-                self._exit_now(
-                    totals, f"Second {signal.Signals(signum).name}: exiting now; unpublished events stay pending."
-                )
+                self._exit_now(totals, f"Second {name}: exiting now; unpublished events stay pending.")
             stop.set()
-            self.stderr.write(f"{signal.Signals(signum).name}: finishing the batch in hand, then stopping.")
+            self.stderr.write(f"{name}: finishing the batch in hand, then stopping.")
             loop.call_later(options["shutdown_timeout"], self._exit_now, totals, "Shutdown took too long: exiting now.")
 
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+        for signum in previous:
             loop.add_signal_handler(signum, on_signal, signum)
-        if self.verbosity >= 1:
-            self.stdout.write(
-                f"Draining pending events (batch {options['batch_size']}, min age {options['min_age']:g}s, "
-                f"max attempts {options['max_attempts']}){'' if options['once'] else '; SIGINT or SIGTERM stops'}."
-            )
         try:
-            await self._drain(options, stop, totals)
+            if self.verbosity >= 1:
+                mode = "one pass" if options["once"] else "SIGINT or SIGTERM stops"
+                self.stdout.write(
+                    f"Draining pending events (batch {options['batch_size']}, min age {options['min_age']:g}s, "
+                    f"stuck after {options['max_attempts']} attempts; {mode})."
+                )
+            await self._drain(options, hooks, stop, totals)
+            pending, stuck = await database_sync_to_async(pending_counts)(max_attempts=options["max_attempts"])
+            limit = options["max_attempts"]
+            self.stdout.write(f"Done: {totals.line()}; still pending {pending} ({stuck} stuck at {limit}+ attempts).")
+            try:
+                await asyncio.wait_for(alayer_close(), timeout=CLOSE_TIMEOUT_SECONDS)
+            except Exception as exc:  # The process is ending; its sockets close with it.
+                self.stderr.write(f"Could not close the channel layer cleanly: {exc!r}")
         finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum, handler in previous.items():
                 loop.remove_signal_handler(signum)
-            await alayer_close()
-        return totals, stop.is_set()
+                signal.signal(signum, handler)
+        return bool(options["once"] and not stop.is_set() and totals.failed_attempts)
 
-    async def _drain(self, options: dict[str, Any], stop: asyncio.Event, totals: Totals) -> None:
-        batch = database_sync_to_async(drain_batch)
+    async def _drain(
+        self, options: dict[str, Any], hooks: list[tuple[str, Any]], stop: asyncio.Event, totals: Totals
+    ) -> None:
         # --once tries every pending event once, backoff or not; follow mode respects backoff.
-        tried_and_failed: set[Any] = set()
+        tried_and_failed: set[uuid.UUID] = set()
         next_hooks = 0.0
+        reported = (0, 0)
         next_progress = time.monotonic() + PROGRESS_SECONDS
         while not stop.is_set():
             if time.monotonic() >= next_hooks:
-                await self._run_hooks()
+                await self._run_hooks(hooks)
                 next_hooks = time.monotonic() + settings.DRAIN_HOOK_SECONDS
-            result: BatchResult = await batch(
+            result: BatchResult = await adrain_batch(
                 batch_size=options["batch_size"],
                 min_age_seconds=options["min_age"],
-                max_attempts=options["max_attempts"],
                 backoff=not options["once"],
                 exclude=tried_and_failed,
+                stop=stop,
                 on_claimed=self._claimed if self.verbosity >= 3 else None,
             )
+            totals.published += result.published
+            totals.failed_attempts += result.failed
             if options["once"]:
                 tried_and_failed.update(result.failed_ids)
-            totals.published += result.published
-            totals.failed += result.failed
             if self.verbosity >= 2 and result.claimed:
-                self.stdout.write(f"Batch: published {result.published}, failed {result.failed}.")
-            if time.monotonic() >= next_progress and self.verbosity >= 1:
-                self.stdout.write(f"Progress: published {totals.published}, failed {totals.failed}.")
-                next_progress = time.monotonic() + PROGRESS_SECONDS
+                self.stdout.write(
+                    f"Batch: published {result.published}, failed {result.failed}, released {result.released}."
+                )
+            now = time.monotonic()
+            if self.verbosity >= 1 and now >= next_progress and reported != (totals.published, totals.failed_attempts):
+                self.stdout.write(f"Progress: {totals.line()}.")
+                reported = (totals.published, totals.failed_attempts)
+                next_progress = now + PROGRESS_SECONDS
             if result.claimed < options["batch_size"]:
                 if options["once"]:
                     return
-                # Idle (or only backing-off events left): one indexed query per interval.
+                # Idle, or only backing-off events left: one indexed query per interval.
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=options["poll_interval"])
                 except TimeoutError:
@@ -156,20 +166,20 @@ class Command(BaseCommand):
         self.stdout.write(f"Claimed {count} events.")
         self.stdout.flush()
 
-    async def _run_hooks(self) -> None:
-        for path in settings.DRAIN_HOOKS:
+    async def _run_hooks(self, hooks: list[tuple[str, Any]]) -> None:
+        for path, hook in hooks:
             try:
-                done = await database_sync_to_async(import_string(path))()
-            except Exception as exc:  # A failing hook must not stop the draining.
+                done = await database_sync_to_async(hook)()
+            except Exception as exc:  # A failing hook must not stop the draining; it is reported.
                 self.stderr.write(f"Hook {path} failed: {type(exc).__name__}: {exc}")
                 continue
             if done and self.verbosity >= 1:
                 self.stdout.write(f"Hook {path}: {done}.")
 
     def _exit_now(self, totals: Totals, reason: str) -> None:
-        """Leave at once: an open transaction rolls back, so its events stay pending."""
+        """Leave at once. Leased events return to others when their lease ends; nothing is lost."""
         self.stderr.write(reason)
-        self.stdout.write(f"Published {totals.published}, failed {totals.failed} before exiting early.")
+        self.stdout.write(f"Exiting early: {totals.line()}.")
         self.stdout.flush()
         self.stderr.flush()
         os._exit(EXIT_FORCED)
