@@ -72,7 +72,17 @@ async def test_calculator_over_the_socket(daphne: DaphneServer, alice: Any) -> N
     async with ws_connect(daphne.ws_url, access_token(alice)) as client:
         run_id = await start(client, "calculator", {"expression": "2*(3+4)"})
         events = await watch(client, run_id)
-    assert events[-1]["event"] == "agent_completed" and events[-1]["data"]["result"] == 14
+    assert_lifecycle(as_pairs(events))
+    assert [event["event"] for event in events] == [
+        "agent_started",
+        "agent_thinking",
+        "tool_executing",
+        "tool_completed",
+        "agent_thinking",
+        "agent_completed",
+    ]
+    assert events[-1]["data"]["result"] == 14
+    assert as_pairs(events) == await sync_to_async(run_events)(run_id)
 
 
 async def test_cancel_over_the_socket(daphne: DaphneServer, alice: Any) -> None:
