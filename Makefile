@@ -28,4 +28,4 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy config notifications agents tests
+	$(BIN)/mypy config notifications agents console tests

@@ -52,6 +52,7 @@ def demo_input(value: dict[str, Any]) -> dict[str, Any]:
         "delay": "seconds each round waits (default 0.05)",
         "fail": "raise inside the agent once it has worked (default false)",
     },
+    input_example={"steps": 3, "delay": 0.5},
 )
 async def demo(ctx: RunContext, input: dict[str, Any]) -> dict[str, int]:
     words = 0
@@ -78,6 +79,7 @@ def calculator_input(value: dict[str, Any]) -> dict[str, Any]:
     description="Evaluates an arithmetic expression with the calculate tool (a safe parser, never eval).",
     validate_input=calculator_input,
     input_help={"expression": 'arithmetic such as "2*(3+4)"'},
+    input_example={"expression": "2*(3+4)"},
 )
 async def calculator(ctx: RunContext, input: dict[str, Any]) -> Number:
     expression = input["expression"]

@@ -28,6 +28,7 @@ class AgentSpec:
     func: AgentFunc
     validate_input: InputValidator
     input_help: dict[str, str] = field(default_factory=dict)
+    input_example: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,15 +72,22 @@ def agent(
     description: str,
     validate_input: InputValidator = _no_validation,
     input_help: dict[str, str] | None = None,
+    input_example: dict[str, Any] | None = None,
 ) -> Callable[[A], A]:
-    """Register an async agent function under ``name``."""
+    """Register an async agent function under ``name``.
+
+    ``input_help`` describes each input field; ``input_example`` is a valid
+    input that clients (the web console) offer as a starting point.
+    """
 
     def register(func: A) -> A:
         if not inspect.iscoroutinefunction(func):
             raise TypeError(f"Agent {name} must be an async function.")
         if name in _agents:
             raise ValueError(f"An agent named {name} is already registered.")
-        _agents[name] = AgentSpec(name, description, func, validate_input, dict(input_help or {}))
+        example = dict(input_example or {})
+        validate_input(dict(example))  # A bad example is a bug in the agent's module: fail at import.
+        _agents[name] = AgentSpec(name, description, func, validate_input, dict(input_help or {}), example)
         return func  # type: ignore[return-value]
 
     return register

@@ -46,7 +46,12 @@ def error(code: str, detail: str, http_status: int) -> Response:
 
 class AgentListView(APIView):
     def get(self, request: Request) -> Response:
-        return Response([{"name": s.name, "description": s.description, "input": s.input_help} for s in agents_all()])
+        return Response(
+            [
+                {"name": s.name, "description": s.description, "input": s.input_help, "example": s.input_example}
+                for s in agents_all()
+            ]
+        )
 
 
 class RunStartBody(serializers.Serializer):  # type: ignore[type-arg]

@@ -8,4 +8,5 @@ urlpatterns = [
     path("api/", include("notifications.urls")),
     path("api/", include("agents.urls")),
     path("healthz", healthz, name="healthz"),
+    path("", include("console.urls")),
 ]

@@ -151,6 +151,13 @@ class DaphneServer:
             raise RuntimeError(f"daphne exited with {self.process.returncode}:\n{self.log()}")
         return port_open(self.port)
 
+    def restart(self) -> None:
+        """Start again on the same port (after a stop or a signal), as a redeploy would."""
+        if self.process is not None and self.process.poll() is None:
+            self.stop()
+        wait_for(lambda: not port_open(self.port), timeout=STOP_TIMEOUT_SECONDS, what="daphne's port to close")
+        self.start()
+
     def signal(self, signum: int = signal.SIGTERM) -> None:
         assert self.process is not None
         self.process.send_signal(signum)

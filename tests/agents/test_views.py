@@ -33,6 +33,7 @@ async def test_agents_are_listed_with_descriptions(alice: Any) -> None:
     agents = {agent["name"]: agent for agent in response.json()}
     assert agents["calculator"]["description"].startswith("Evaluates an arithmetic expression")
     assert set(agents["demo"]["input"]) == {"steps", "delay", "fail"}
+    assert agents["calculator"]["example"] == {"expression": "2*(3+4)"}
 
 
 async def test_start_returns_201_and_the_run_completes(alice: Any) -> None:
