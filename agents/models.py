@@ -42,6 +42,9 @@ class AgentRun(models.Model):
                 condition=Q(status__in=["queued", "running"]),
                 name="run_active_idx",
             ),
+            # The admin: newest first, by date, and by agent.
+            models.Index(fields=["created_at"], name="run_created_idx"),
+            models.Index(fields=["agent", "created_at"], name="run_agent_created_idx"),
         ]
 
     def __str__(self) -> str:

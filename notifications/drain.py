@@ -180,3 +180,13 @@ async def _send_all(events: list[Event], *, stop: asyncio.Event | None, deadline
 
     await asyncio.gather(*(send_in_order(user_events) for user_events in by_user.values()))
     return outcomes
+
+
+def events_requeue(*, events: "QuerySet[Event]") -> int:
+    """Put events back in the queue for ``drain_events``; return how many.
+
+    Published events are sent again (connections and clients drop what they
+    already have, by seq); stuck ones start over with no backoff. A lease a
+    drainer holds is left alone: that drainer records its send as usual.
+    """
+    return events.order_by().update(published_at=None, publish_attempts=0, next_attempt_at=None, last_error="")

@@ -67,6 +67,9 @@ class Event(models.Model):
                 name="event_pending_idx",
             ),
             models.Index(fields=["run_id", "seq"], name="event_run_seq_idx"),
+            # The admin: newest first, by date, and by agent.
+            models.Index(fields=["created_at"], name="event_created_idx"),
+            models.Index(fields=["agent", "created_at"], name="event_agent_created_idx"),
         ]
 
     def __str__(self) -> str:
