@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint setup
+.PHONY: run test lint setup screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,3 +29,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy config notifications agents console tests
+
+# Regenerate docs/screenshots/ from real runs in Debian's chromium.
+screenshots: setup
+	SCREENSHOTS_DIR=docs/screenshots $(BIN)/python -m pytest tests/console/test_screenshots.py -q

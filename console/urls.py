@@ -1,5 +1,8 @@
 from django.urls import path
 
-from .views import index
+from .views import favicon, index
 
-urlpatterns = [path("", index, name="console")]
+urlpatterns = [
+    path("", index, name="console"),
+    path("favicon.ico", favicon, name="favicon"),
+]

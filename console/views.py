@@ -1,7 +1,8 @@
 """The web console: one page; everything else is static modules talking to the API."""
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponsePermanentRedirect
 from django.shortcuts import render
+from django.templatetags.static import static
 from django.views.decorators.http import require_safe
 
 # Only this origin's scripts, styles, API and WebSocket: no inline script, no
@@ -28,3 +29,9 @@ def index(request: HttpRequest) -> HttpResponse:
     response["Cache-Control"] = "no-cache"
     response["Referrer-Policy"] = "same-origin"
     return response
+
+
+@require_safe
+def favicon(request: HttpRequest) -> HttpResponsePermanentRedirect:
+    """Answer browsers' ``/favicon.ico`` on pages without an icon link (the admin's)."""
+    return HttpResponsePermanentRedirect(static("console/favicon.svg"))

@@ -161,9 +161,12 @@ class ConsolePage:
         self.page.get_by_label("Agent").select_option(agent)
         if input is not None:
             self.page.get_by_label("Input (JSON)").fill(json.dumps(input))
+        shown = self.page.locator("#run-id")
+        before = shown.inner_text() if shown.is_visible() else ""
         self.page.get_by_role("button", name="Start", exact=True).click()
+        expect(shown).not_to_have_text(before)  # the new run is selected
         expect(self.page.locator("#run-title")).to_have_text(f"{agent} run")
-        run_id = self.page.locator("#run-id").inner_text()
+        run_id = shown.inner_text()
         assert len(run_id) == 36, run_id
         return run_id
 
@@ -202,6 +205,7 @@ def open_console(browser: Browser, console_server: DaphneServer) -> Iterator[Cal
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
         page.on("console", lambda msg: errors.append(f"console.error: {msg.text}") if msg.type == "error" else None)
+        page.on("response", lambda r: errors.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
         console = ConsolePage(page=page, server=server, sockets=sockets, errors=errors)
         pages.append(console)
         return console

@@ -1,6 +1,8 @@
 """The web console in a real browser, against a real daphne, Redis and database."""
 
+import io
 import json
+import re
 import signal
 import urllib.error
 import urllib.request
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 from django.db import connections
 from playwright.sync_api import expect
 
@@ -93,7 +96,7 @@ def test_wrong_password_is_refused_clearly_and_nothing_is_stored(
 ) -> None:
     console_user("alice")
     console = open_console()
-    console.tolerated.append("401 (Unauthorized)")
+    console.tolerated += ["401 (Unauthorized)", "HTTP 401: "]
     console.open()
     console.page.get_by_label("Username").fill("alice")
     console.page.get_by_label("Password").fill("not the password")
@@ -110,6 +113,9 @@ def test_cancel_a_running_run(open_console: Callable[..., ConsolePage], console_
     console.login("alice")
     run_id = console.start("demo", {"steps": 50, "delay": 0.2})
     console.expect_event("agent_thinking")
+    # (The start's response, which says queued, often lands after the first events: it must not win.)
+    expect(console.page.locator("#run-status")).to_have_text("running")
+    expect(console.page.locator("#run-duration")).to_contain_text("so far")
     console.page.get_by_role("button", name="Cancel run").click()
 
     console.expect_event("agent_error")
@@ -206,6 +212,7 @@ def test_earlier_runs_and_their_events_load_from_the_api(
     later.expect_event("agent_completed")
     assert later.timeline() == logged(run_id)
     expect(later.page.locator("#timeline li[data-event=agent_completed] pre")).to_have_text("42")
+    expect(later.page.locator("#run-outcome")).to_have_text("Result: 42")
 
 
 def test_agent_text_is_shown_as_text_never_as_markup(
@@ -229,7 +236,7 @@ def test_bad_input_gets_a_clear_error_and_starts_nothing(
 ) -> None:
     console_user("alice")
     console = open_console()
-    console.tolerated.append("400 (Bad Request)")
+    console.tolerated += ["400 (Bad Request)", "HTTP 400: "]
     console.login("alice")
     console.page.get_by_label("Agent").select_option("demo")
     console.page.get_by_label("Input (JSON)").fill("{steps: 2")
@@ -314,3 +321,23 @@ def test_keyboard_only_on_a_phone_sized_screen(
     console.expect_event("agent_completed")
     # Nothing wider than the phone's screen.
     assert console.page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def test_the_printed_demo_login_works_in_the_console(
+    open_console: Callable[..., ConsolePage], console_server: DaphneServer, transactional_db: None
+) -> None:
+    printed = io.StringIO()
+    call_command("demo_setup", url=f"{console_server.http_url}/", stdout=printed)
+    output = printed.getvalue()
+    url = re.search(r"Console: (\S+)", output)
+    login = re.search(r"Login: +(\S+) / (\S+)", output)
+    assert url and login, output
+    console = open_console()
+    console.page.goto(url.group(1))
+    console.page.get_by_label("Username").fill(login.group(1))
+    console.page.get_by_label("Password").fill(login.group(2))
+    console.page.get_by_role("button", name="Sign in").click()
+    console.expect_state("live")
+    run_id = console.start("demo")
+    console.expect_event("agent_completed")
+    assert console.timeline() == logged(run_id)

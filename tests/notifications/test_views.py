@@ -44,6 +44,11 @@ def test_token_pair_and_refresh(make_user: Any) -> None:
     assert "access" in refreshed.json()
     wrong = api().post("/api/auth/token/", {"username": "carol", "password": "nope"}, format="json")
     assert wrong.status_code == 401
+    # Log out: the refresh token is blacklisted and buys nothing more.
+    out = api().post("/api/auth/token/blacklist/", {"refresh": pair.json()["refresh"]}, format="json")
+    assert out.status_code == 200
+    again = api().post("/api/auth/token/refresh/", {"refresh": pair.json()["refresh"]}, format="json")
+    assert again.status_code == 401 and again.json()["code"] == "token_not_valid"
 
 
 def test_events_need_a_token(transactional_db: None) -> None:

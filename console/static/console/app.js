@@ -302,6 +302,12 @@ function showSelectedSummary() {
   $("run-created").textContent = formatTime(run.started_at ?? run.created_at);
   const running = isActive(run);
   $("cancel").hidden = !running;
+  const outcome = $("run-outcome");
+  outcome.hidden = running;
+  outcome.className = `outcome ${run.status}`;
+  if (run.status === "completed") outcome.textContent = `Result: ${JSON.stringify(run.result)}`;
+  else if (run.error) outcome.textContent = `${run.error.kind}: ${run.error.message}`;
+  else outcome.hidden = true;
   if (running && run.started_at) {
     $("run-duration").textContent = `${formatDuration(Math.max(0, Date.now() - Date.parse(run.started_at)))} so far`;
   } else {

@@ -6,6 +6,7 @@ const TERMINAL = new Set(["completed", "failed", "timed_out", "cancelled"]);
 const ERROR_STATUS = { timeout: "timed_out", cancelled: "cancelled" }; // any other kind: failed
 
 export const isActive = (run) => !TERMINAL.has(run.status);
+const stage = (status) => (TERMINAL.has(status) ? 2 : status === "running" ? 1 : 0);
 
 export class RunStore {
   constructor() {
@@ -22,13 +23,15 @@ export class RunStore {
   }
 
   // Merge a run from the API. A snapshot can be older than events already
-  // seen live, so it never takes a run back from an end to running.
+  // seen live (a start's response often arrives after the run's first
+  // events), so it never moves a run back: not from running to queued, not
+  // from an end to running.
   applyRun(snapshot) {
     const run = this.ensure(snapshot.id, snapshot.agent, snapshot.created_at);
-    const keepEnd = TERMINAL.has(run.status) && !TERMINAL.has(snapshot.status);
-    const { status, result, error, duration_ms, finished_at } = run;
-    Object.assign(run, snapshot);
-    if (keepEnd) Object.assign(run, { status, result, error, duration_ms, finished_at });
+    const keep = stage(run.status) > stage(snapshot.status);
+    const { status, started_at, result, error, duration_ms, finished_at } = run;
+    Object.assign(run, snapshot, { events: run.events, eventsLoaded: run.eventsLoaded });
+    if (keep) Object.assign(run, { status, started_at, result, error, duration_ms, finished_at });
     return run;
   }
 

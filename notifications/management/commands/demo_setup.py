@@ -22,7 +22,7 @@ class Command(BaseCommand):
         user.save()
         self.stdout.write(
             f"{'Created' if created else 'Reset'} demo user.\n"
-            f"  Server:  {url}\n"
+            f"  Console: {url}  (sign in, start an agent, watch it work live)\n"
             f"  Admin:   {url}admin/\n"
             f"  Login:   {username} / {password}\n"
         )
