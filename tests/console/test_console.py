@@ -6,7 +6,6 @@ import re
 import signal
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +17,7 @@ from django.db import connections
 from playwright.sync_api import expect
 
 from agents.models import AgentRun
+from agents.services import run_create
 from notifications.models import Event
 from notifications.services import event_record
 from tests.console.conftest import ConsolePage, console_env
@@ -149,11 +149,11 @@ def test_page_survives_a_server_restart_and_resumes_without_duplicate_or_gap(
     assert server.wait() == 0
     console.expect_state("reconnecting")
     seen_before = max(frame["seq"] for frame in console.sockets.received_of("event"))
-    # Something happens while the page is away.
-    offline_run = uuid.uuid4()
+    # Something happens while the page is away: a run started elsewhere (the CLI, another tab).
+    offline_run = run_create(user_id=alice.pk, agent="calculator", input={"expression": "1"}).id
     outside_playwright(
         lambda: event_record(
-            user_id=alice.pk, event="agent_started", run_id=offline_run, agent="offline", data={"input": {}}
+            user_id=alice.pk, event="agent_started", run_id=offline_run, agent="calculator", data={"input": {}}
         )
     )
     server.restart()
@@ -161,7 +161,7 @@ def test_page_survives_a_server_restart_and_resumes_without_duplicate_or_gap(
     console.expect_state("live", timeout_ms=20_000)
     console.expect_event("agent_error")
     expect(console.page.locator("#run-status")).to_have_text("cancelled")
-    expect(console.page.locator(f'#runs li[data-run="{offline_run}"]')).to_contain_text("offline")
+    expect(console.page.locator(f'#runs li[data-run="{offline_run}"]')).to_contain_text("calculator")
     # Every event of the run once, in order: the ones before the restart and the end written during it.
     assert console.timeline() == logged(run_id)
     assert len(console.sockets.received_of("hello")) == 2  # (attempts while it was down got no hello)

@@ -67,6 +67,7 @@ export class Session {
     this.accessExpiresAt = 0; // local clock, ms
     this.refreshTimer = null;
     this.refreshing = null;
+    this.generation = 0; // bumped when the session ends; late answers for an older one are dropped
   }
 
   get signedIn() {
@@ -74,7 +75,9 @@ export class Session {
   }
 
   async login(username, password) {
+    const generation = this.generation;
     const tokens = await request("POST", "/api/auth/token/", { body: { username, password } });
+    if (generation !== this.generation) throw new SignedOut("Signed out meanwhile.");
     this.storage.setItem(REFRESH_KEY, tokens.refresh);
     this.setAccess(tokens.access);
   }
@@ -93,6 +96,7 @@ export class Session {
   }
 
   clear() {
+    this.generation += 1;
     clearTimeout(this.refreshTimer);
     this.storage.removeItem(REFRESH_KEY);
     this.access = null;
@@ -118,16 +122,20 @@ export class Session {
   async doRefresh() {
     const refresh = this.storage.getItem(REFRESH_KEY);
     if (!refresh) throw new SignedOut("Not signed in.");
+    const generation = this.generation;
     let tokens;
     try {
       tokens = await request("POST", "/api/auth/token/refresh/", { body: { refresh } });
     } catch (error) {
+      if (generation !== this.generation) throw new SignedOut("Signed out meanwhile.");
       if (error instanceof ApiError && error.status === 401) {
         this.clear();
         throw new SignedOut("The session expired.");
       }
       throw error;
     }
+    // A refresh that was under way when the user logged out must not sign them back in.
+    if (generation !== this.generation) throw new SignedOut("Signed out meanwhile.");
     this.setAccess(tokens.access);
     this.onAccess(tokens.access);
     return tokens.access;
@@ -145,12 +153,19 @@ export class Session {
     this.marginMs = Math.min(5000, lifetimeMs / 10);
     // Refresh ahead of expiry: a fifth of the lifetime early, at most a minute.
     const earlyMs = Math.min(60000, lifetimeMs / 5);
+    this.scheduleRefresh(Math.max(0, lifetimeMs - earlyMs));
+  }
+
+  scheduleRefresh(delayMs) {
     clearTimeout(this.refreshTimer);
     this.refreshTimer = setTimeout(() => {
-      this.refresh().catch(() => {
-        // A failed refresh is retried by the next token() call; SignedOut already cleared us.
+      this.refresh().catch((error) => {
+        if (error instanceof SignedOut) return; // the session is over
+        // The server is unreachable for now: try again while the token lasts.
+        const left = this.accessExpiresAt - Date.now();
+        if (left > 0) this.scheduleRefresh(Math.min(5000, left / 2));
       });
-    }, Math.max(0, lifetimeMs - earlyMs));
+    }, delayMs);
   }
 
   // Call the API with the access token, refreshing it once if the server refuses it.

@@ -29,6 +29,7 @@ let historyLoaded = false;
 let oldestLoaded = null; // created_at of the oldest run loaded, for "Load older runs"
 let agents = [];
 let ticker = null;
+let historyRetry = null;
 
 const session = new Session({
   onAccess: (token) => client?.reauth(token), // keep the live socket past the old token's expiry
@@ -47,17 +48,27 @@ function describe(error) {
 
 // Signing in and out.
 
+// Forget everything of the session, so the next user of this page sees none of it.
 function showSignedOut() {
   client?.stop();
   client = null;
   clearInterval(ticker);
+  clearTimeout(historyRetry);
   store = new RunStore();
   selectedId = null;
   historyLoaded = false;
+  agents = [];
+  oldestLoaded = null;
   $("app-view").hidden = true;
   $("who").hidden = true;
   $("login-view").hidden = false;
   $("runs").replaceChildren();
+  delete $("runs").dataset.loaded;
+  $("timeline").replaceChildren();
+  $("run-detail").hidden = true;
+  $("run-title").textContent = "No run selected";
+  for (const id of ["app-error", "run-error", "start-error"]) message(id, "");
+  if (location.hash) history.replaceState(null, "", location.pathname);
   showConnection(State.SIGNED_OUT);
 }
 
@@ -68,6 +79,8 @@ function showConnection(state) {
 }
 
 function signedIn() {
+  client?.stop(); // never two clients
+  clearInterval(ticker);
   $("login-view").hidden = true;
   $("app-view").hidden = false;
   const scheme = location.protocol === "https:" ? "wss" : "ws";
@@ -76,7 +89,11 @@ function signedIn() {
     getToken: (options) => session.token(options),
     onEvent: showEvent,
     onState: showConnection,
-    onGap: () => loadHistory(), // we missed events we cannot replay: take the log's word
+    onGap: () => {
+      // We missed events we cannot replay: take the log's word for every run.
+      for (const run of store.runs.values()) run.eventsLoaded = false;
+      loadHistory();
+    },
     onFrame: (frame) => {
       if (frame.type === "hello") {
         $("username").textContent = frame.user.username;
@@ -88,18 +105,22 @@ function signedIn() {
     },
   });
   client.start();
-  ticker = setInterval(showSelectedSummary, 250);
+  ticker = setInterval(showRunningDuration, 250);
 }
 
 $("login-form").addEventListener("submit", async (submit) => {
   submit.preventDefault();
   message("login-error", "");
   const form = new FormData(submit.target);
+  const button = submit.target.querySelector("button[type=submit]");
+  button.disabled = true; // one sign-in at a time
   try {
     await session.login(form.get("username"), form.get("password"));
   } catch (error) {
     message("login-error", error instanceof ApiError && error.status === 401 ? "Wrong username or password." : describe(error));
     return;
+  } finally {
+    button.disabled = false;
   }
   $("login-password").value = "";
   signedIn();
@@ -111,6 +132,8 @@ $("logout").addEventListener("click", () => session.logout());
 
 async function loadHistory() {
   historyLoaded = true;
+  clearTimeout(historyRetry);
+  message("app-error", "");
   try {
     if (!agents.length) await loadAgents();
     const page = await session.call("GET", `/api/runs/?limit=${RUNS_PAGE}`);
@@ -127,8 +150,10 @@ async function loadHistory() {
     }
     $("runs").dataset.loaded = "true"; // for tests and styles: the history is in
   } catch (error) {
+    if (error instanceof SignedOut) return;
     historyLoaded = false;
-    message("run-error", describe(error));
+    message("app-error", `Could not load your runs: ${describe(error)} Retrying…`);
+    historyRetry = setTimeout(loadHistory, 3000);
   }
 }
 
@@ -138,6 +163,7 @@ function trackOldest(results) {
 }
 
 $("runs-more").addEventListener("click", async () => {
+  message("app-error", "");
   try {
     const query = new URLSearchParams({ limit: RUNS_PAGE, before: oldestLoaded });
     const page = await session.call("GET", `/api/runs/?${query}`);
@@ -145,7 +171,7 @@ $("runs-more").addEventListener("click", async () => {
     trackOldest(page.results);
     renderRuns();
   } catch (error) {
-    message("run-error", describe(error));
+    message("app-error", describe(error));
   }
 });
 
@@ -234,6 +260,7 @@ $("cancel").addEventListener("click", async () => {
 function showEvent(frame) {
   const run = store.applyEvent(frame);
   if (!run) return; // already shown
+  if (!run.known) fetchRun(run); // started elsewhere (another tab, the CLI) or older than the list
   renderRunItem(run);
   if (run.id === selectedId) {
     timelineInsert($("timeline"), eventItem(frame, run.started_at ?? run.created_at));
@@ -241,10 +268,23 @@ function showEvent(frame) {
   }
 }
 
+async function fetchRun(run) {
+  run.known = true; // once
+  try {
+    store.applyRun(await session.call("GET", `/api/runs/${run.id}/`));
+    renderRuns();
+    if (run.id === selectedId) showSelectedSummary();
+  } catch {
+    // Its events still show; only the run's own fields (input, timeout) are missing.
+  }
+}
+
 function renderRuns() {
+  const focused = document.activeElement?.dataset?.run; // keep a keyboard user's place
   const runs = store.list();
   $("runs").replaceChildren(...runs.map((run) => runListItem(run)));
   $("runs-empty").hidden = runs.length > 0;
+  if (focused) $("runs").querySelector(`button[data-run="${focused}"]`)?.focus();
 }
 
 function runListItem(run) {
@@ -264,14 +304,20 @@ function renderRunItem(run) {
 
 $("runs").addEventListener("click", (click) => {
   const button = click.target.closest("button[data-run]");
-  if (button) selectRun(button.dataset.run);
+  if (!button) return;
+  selectRun(button.dataset.run);
+  // On one column the run is below the list: bring it into view.
+  if (matchMedia("(max-width: 50rem)").matches) $("run-view").scrollIntoView({ block: "start" });
 });
 
 async function selectRun(id) {
   selectedId = id;
   history.replaceState(null, "", `#run=${id}`);
   message("run-error", "");
-  renderRuns();
+  for (const button of $("runs").querySelectorAll("button[data-run]")) {
+    button.setAttribute("aria-current", String(button.dataset.run === id));
+  }
+  if (!$("runs").querySelector(`button[data-run="${id}"]`)) renderRuns();
   const run = store.get(id);
   $("run-title").textContent = `${run.agent} run`;
   $("run-detail").hidden = false;
@@ -292,6 +338,13 @@ async function selectRun(id) {
   }
 }
 
+function showRunningDuration() {
+  const run = store.get(selectedId);
+  if (run && isActive(run) && run.started_at) {
+    $("run-duration").textContent = `${formatDuration(Math.max(0, Date.now() - Date.parse(run.started_at)))} so far`;
+  }
+}
+
 function showSelectedSummary() {
   const run = store.get(selectedId);
   if (!run) return;
@@ -308,11 +361,8 @@ function showSelectedSummary() {
   if (run.status === "completed") outcome.textContent = `Result: ${JSON.stringify(run.result)}`;
   else if (run.error) outcome.textContent = `${run.error.kind}: ${run.error.message}`;
   else outcome.hidden = true;
-  if (running && run.started_at) {
-    $("run-duration").textContent = `${formatDuration(Math.max(0, Date.now() - Date.parse(run.started_at)))} so far`;
-  } else {
-    $("run-duration").textContent = running ? "not started" : formatDuration(run.duration_ms) || "—";
-  }
+  if (running && run.started_at) showRunningDuration();
+  else $("run-duration").textContent = running ? "not started" : formatDuration(run.duration_ms) || "—";
 }
 
 // Start: signed in already (a reload), or show the login form.

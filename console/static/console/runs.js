@@ -30,7 +30,7 @@ export class RunStore {
     const run = this.ensure(snapshot.id, snapshot.agent, snapshot.created_at);
     const keep = stage(run.status) > stage(snapshot.status);
     const { status, started_at, result, error, duration_ms, finished_at } = run;
-    Object.assign(run, snapshot, { events: run.events, eventsLoaded: run.eventsLoaded });
+    Object.assign(run, snapshot, { events: run.events, eventsLoaded: run.eventsLoaded, known: true });
     if (keep) Object.assign(run, { status, started_at, result, error, duration_ms, finished_at });
     return run;
   }
@@ -58,7 +58,8 @@ export class RunStore {
   ensure(id, agent, createdAt) {
     let run = this.runs.get(id);
     if (!run) {
-      run = { id, agent, status: "queued", created_at: createdAt, events: new Map(), eventsLoaded: false };
+      // known: the API's view of the run has been asked for (or it came from the API).
+      run = { id, agent, status: "queued", created_at: createdAt, events: new Map(), eventsLoaded: false, known: false };
       this.runs.set(id, run);
     }
     return run;

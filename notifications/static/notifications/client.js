@@ -50,6 +50,8 @@ export class NotificationsClient {
     this.timers = { reconnect: null, ack: null, watchdog: null };
     this.acked = 0;
     this.awaitingResume = false;
+    this.held = []; // live events that arrived while a resume was under way
+    this.generation = 0; // bumped by each connect() and stop(); stale work checks it
   }
 
   start() {
@@ -62,6 +64,7 @@ export class NotificationsClient {
   // Close for good (log out). Sends what is left to ack first.
   stop() {
     this.stopped = true;
+    this.generation += 1;
     this.flushAck();
     this.clearTimers();
     const ws = this.ws;
@@ -84,19 +87,22 @@ export class NotificationsClient {
   }
 
   async connect() {
+    const generation = ++this.generation;
     let token;
     try {
       token = await this.getToken({ fresh: this.tokenRefused });
     } catch (error) {
+      if (generation !== this.generation) return;
       if (error instanceof SignedOut) return this.stop();
       return this.reconnectLater(); // e.g. the refresh endpoint is unreachable
     }
-    if (this.stopped) return;
+    if (this.stopped || generation !== this.generation) return; // stopped (or restarted) meanwhile
     this.tokenRefused = false;
     // The token travels as a subprotocol, never in the URL (protocol section 2).
     const ws = new WebSocket(this.url, ["jwt", token]);
     this.ws = ws;
     this.heartbeatSeconds = 30;
+    this.watch(); // a handshake that stalls counts as a dead connection too
     ws.onmessage = (message) => {
       if (ws === this.ws) this.receive(message.data);
     };
@@ -118,28 +124,45 @@ export class NotificationsClient {
         this.hello(frame);
         break;
       case "event":
-        // A resume may send again what this connection already sent: drop it.
-        if (this.lastSeq === null || frame.seq > this.lastSeq) {
-          this.lastSeq = frame.seq;
-          this.onEvent(frame);
-          this.scheduleAck();
-        }
+        // Until the server has handled our resume, live events (seq >
+        // hello.last_seq) may arrive before the replay of the older ones we
+        // missed: hold them back, or the replay would look like duplicates.
+        if (this.awaitingResume && frame.seq > this.helloSeq) this.held.push(frame);
+        else this.deliver(frame);
         break;
       case "resumed":
-        this.awaitingResume = false;
+        // The replay ran to resumed.last_seq; held events are at or below it
+        // unless they are newer, and deliver() drops what is not.
+        this.endResume();
         if (frame.truncated) this.onGap(frame); // the log no longer holds all we missed
         break;
       case "error":
         if (this.awaitingResume && frame.code === "invalid_message") {
-          // Resume refused (too far behind, or the log was reset): live events
-          // continue after hello.last_seq; the caller reloads what is between.
-          this.awaitingResume = false;
+          // Resume refused (too far behind): live events continue after
+          // hello.last_seq; the caller reloads what is between from the API.
           this.lastSeq = this.helloSeq;
+          this.endResume();
           this.onGap(frame);
         }
         break;
     }
     this.onFrame(frame);
+  }
+
+  // Pass an event on once, in seq order: anything at or below the last one
+  // passed on is a duplicate (a resume may send again what was sent before).
+  deliver(frame) {
+    if (this.lastSeq !== null && frame.seq <= this.lastSeq) return;
+    this.lastSeq = frame.seq;
+    this.onEvent(frame);
+    this.scheduleAck();
+  }
+
+  endResume() {
+    this.awaitingResume = false;
+    const held = this.held;
+    this.held = [];
+    for (const frame of held) this.deliver(frame);
   }
 
   hello(frame) {
@@ -152,7 +175,9 @@ export class NotificationsClient {
       // everything after last_seq comes live without asking.
       if (this.lastSeq !== null) this.onGap(frame);
       this.lastSeq = frame.last_seq;
-    } else {
+      this.acked = Math.min(this.acked, this.lastSeq);
+    } else if (this.lastSeq < frame.last_seq) {
+      // We missed lastSeq + 1 … last_seq while away: ask for them.
       this.awaitingResume = true;
       this.send({ type: "resume", after: this.lastSeq });
     }
@@ -162,6 +187,7 @@ export class NotificationsClient {
   closed(code) {
     this.ws = null;
     this.awaitingResume = false;
+    this.held = []; // the next connection's resume covers them
     clearTimeout(this.timers.ack);
     clearTimeout(this.timers.watchdog);
     this.timers.ack = this.timers.watchdog = null;
