@@ -6,11 +6,12 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from notifications.admin import IndexedValuesFilter, ReadOnlyAdmin
-from notifications.models import Event
+from notifications.models import Event, Stream
 
 from .models import AgentRun
 
 TIMELINE_MAX_EVENTS = 500
+NO_STREAM = Stream(acked_seq=0)  # for a user with no stream row: nothing acked
 
 
 class RunAgentFilter(IndexedValuesFilter):
@@ -41,10 +42,10 @@ def event_summary(event: Event) -> str:
 class AgentRunAdmin(ReadOnlyAdmin):
     list_display = ("id", "user", "agent", "status", "created_at", "duration")
     list_filter = ("status", RunAgentFilter, ("created_at", admin.DateFieldListFilter))
-    search_fields = ("=id", "=user__username")
+    search_fields = ("id", "user__username")  # (see ReadOnlyAdmin.get_search_results)
     search_help_text = "An exact run id or username."
     list_select_related = ("user",)
-    ordering = ("-created_at",)
+    ordering = ("-created_at", "-id")
     fields = (
         "id",
         "user",
@@ -90,7 +91,7 @@ class AgentRunAdmin(ReadOnlyAdmin):
                     event.event,
                     event_summary(event),
                     "published" if event.published_at else "pending",
-                    "delivered" if event.seq <= event.user.event_stream.acked_seq else "",
+                    "delivered" if event.seq <= getattr(event.user, "event_stream", NO_STREAM).acked_seq else "",
                 )
                 for event in events[:TIMELINE_MAX_EVENTS]
             ),

@@ -45,6 +45,7 @@ class AgentRun(models.Model):
             # The admin: newest first, by date, and by agent.
             models.Index(fields=["created_at"], name="run_created_idx"),
             models.Index(fields=["agent", "created_at"], name="run_agent_created_idx"),
+            models.Index(fields=["status", "created_at"], name="run_status_created_idx"),
         ]
 
     def __str__(self) -> str:

@@ -5,6 +5,7 @@ filter is served by an index, and a page's related rows come in its one query.
 """
 
 import logging
+import uuid
 from functools import cached_property
 from typing import Any
 
@@ -38,7 +39,23 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     paginator = CappedCountPaginator
     show_full_result_count = False  # No full-table COUNT(*) on a large table.
+    show_facets = admin.ShowFacets.NEVER  # Facet counts would count every filter choice over the table.
     list_per_page = 100
+    # Search is exact and indexed: a UUID is looked up as ``uuid_search_field``, anything else as a username.
+    uuid_search_field = "id"
+    search_help_text = "An exact id or username."
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
+        """Match an exact UUID or username, with lookups the indexes serve (Django's ``=`` is ``iexact``)."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        try:
+            return queryset.filter(**{self.uuid_search_field: uuid.UUID(term)}), False
+        except ValueError:
+            return queryset.filter(user__username=term), False
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -116,11 +133,13 @@ class EventAdmin(ReadOnlyAdmin):
         "last_error",
     )
     list_filter = (PublishStateFilter, "event", AgentFilter, ("created_at", admin.DateFieldListFilter))
-    search_fields = ("=run_id", "=user__username")
+    search_fields = ("run_id", "user__username")  # (see get_search_results)
+    uuid_search_field = "run_id"
     search_help_text = "An exact run id or username."
     # The user and their stream (for the delivered column) in the page's one query.
     list_select_related = ("user", "user__event_stream")
-    ordering = ("-created_at",)
+    # Newest first; (user, seq) makes it total, so Django adds no sort on the random UUID key.
+    ordering = ("-created_at", "user", "-seq")
     actions = ("requeue",)
 
     @admin.display(description="run", ordering="run_id")
@@ -141,11 +160,23 @@ class EventAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Re-queue selected events for publishing", permissions=["requeue"])
     def requeue(self, request: HttpRequest, queryset: "QuerySet[Event]") -> None:
-        count = events_requeue(events=queryset)
-        logger.info("%s re-queued %d event(s) for publishing", request.user, count)
+        result = events_requeue(events=queryset, limit=COUNT_LIMIT)
+        logger.info("%s re-queued %d event(s) for publishing", request.user, result.requeued)
         self.message_user(
-            request, f"Re-queued {count} event(s): drain_events will publish them.", level=messages.SUCCESS
+            request, f"Re-queued {result.requeued} event(s): drain_events will publish them.", level=messages.SUCCESS
         )
+        if result.leased:
+            self.message_user(
+                request,
+                f"{result.leased} event(s) are being sent by a drainer right now and were left to it.",
+                level=messages.WARNING,
+            )
+        if result.over_limit:
+            self.message_user(
+                request,
+                f"Only the first {COUNT_LIMIT} were re-queued: narrow the list with filters to re-queue the rest.",
+                level=messages.WARNING,
+            )
 
     def has_requeue_permission(self, request: HttpRequest) -> bool:
         return bool(request.user.has_perm("notifications.change_event"))

@@ -182,11 +182,35 @@ async def _send_all(events: list[Event], *, stop: asyncio.Event | None, deadline
     return outcomes
 
 
-def events_requeue(*, events: "QuerySet[Event]") -> int:
-    """Put events back in the queue for ``drain_events``; return how many.
+@dataclass(frozen=True, slots=True)
+class RequeueResult:
+    requeued: int
+    leased: int  # held by a drainer: left to it
+    over_limit: bool  # more matched than the limit allows
+
+
+REQUEUE_CHUNK = 1000
+
+
+def events_requeue(*, events: "QuerySet[Event]", limit: int) -> RequeueResult:
+    """Put up to ``limit`` events back in the queue for ``drain_events``, in short transactions.
 
     Published events are sent again (connections and clients drop what they
-    already have, by seq); stuck ones start over with no backoff. A lease a
-    drainer holds is left alone: that drainer records its send as usual.
+    already have, by seq); stuck ones start over with no backoff. Events a
+    drainer holds right now are left alone: it records their outcome itself,
+    and a reset under it would be overwritten.
     """
-    return events.order_by().update(published_at=None, publish_attempts=0, next_attempt_at=None, last_error="")
+    now = timezone.now()
+    leased = Q(published_at__isnull=True, claimed_until__gte=now)
+    ids = list(events.exclude(leased).order_by().values_list("pk", flat=True)[: limit + 1])
+    over_limit = len(ids) > limit
+    ids = ids[:limit]
+    requeued = 0
+    for start in range(0, len(ids), REQUEUE_CHUNK):
+        chunk = ids[start : start + REQUEUE_CHUNK]
+        requeued += (
+            Event.objects.filter(pk__in=chunk)
+            .exclude(leased)
+            .update(published_at=None, publish_attempts=0, next_attempt_at=None, last_error="")
+        )
+    return RequeueResult(requeued=requeued, leased=events.filter(leased).count(), over_limit=over_limit)

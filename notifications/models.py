@@ -70,6 +70,7 @@ class Event(models.Model):
             # The admin: newest first, by date, and by agent.
             models.Index(fields=["created_at"], name="event_created_idx"),
             models.Index(fields=["agent", "created_at"], name="event_agent_created_idx"),
+            models.Index(fields=["user", "created_at"], name="event_user_created_idx"),
         ]
 
     def __str__(self) -> str:

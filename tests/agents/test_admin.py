@@ -1,15 +1,19 @@
 """The runs admin: find a run, and read what its agent did as a timeline."""
 
+import re
 import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from agents.admin import TIMELINE_MAX_EVENTS
 from agents.models import AgentRun
+from notifications.admin import COUNT_LIMIT
 from notifications.models import Stream
 from tests.notifications.test_admin import make_event
 
@@ -82,6 +86,31 @@ def test_a_runs_page_shows_its_events_in_order_as_a_timeline(staff_client: Clien
     assert "&lt;b&gt;bold?&lt;/b&gt; counting" in page and "<b>bold?</b>" not in page
     assert page.count(">delivered<") == 3
     assert f'?q={run.id}">These events in the event log' in page
+
+
+def test_the_timeline_shows_for_a_user_without_a_stream_row(staff_client: Client, alice: Any) -> None:
+    run = make_run(alice)
+    make_event(alice, 1, run_id=run.id, event="agent_started", data={"input": {}})
+    Stream.objects.filter(user=alice).delete()  # imported or hand-made data
+    page = staff_client.get(f"{RUNS_URL}{run.id}/change/").content.decode()
+    assert ">agent_started</strong>" in page and ">delivered<" not in page
+
+
+def test_the_runs_list_costs_the_same_queries_for_any_size(staff_client: Client, alice: Any, bob: Any) -> None:
+    def queries_for_list() -> list[str]:
+        with CaptureQueriesContext(connection) as captured:
+            assert staff_client.get(RUNS_URL, {"status__exact": "completed", "_facets": "1"}).status_code == 200
+        return [query["sql"] for query in captured.captured_queries]
+
+    for index in range(3):  # (the agent filter costs one index seek per distinct agent)
+        make_run(alice, agent=f"agent{index}")
+    few = queries_for_list()
+    for index in range(30):
+        make_run(alice if index % 2 else bob, agent=f"agent{index % 3}")
+    many = queries_for_list()
+    assert len(many) == len(few)
+    counts = [sql for sql in many if "COUNT(" in sql.upper()]
+    assert counts and all(re.search(rf"LIMIT {COUNT_LIMIT + 1}\b", sql) for sql in counts), counts
 
 
 def test_a_long_timeline_is_cut_with_a_link_to_the_rest(staff_client: Client, alice: Any) -> None:

@@ -72,8 +72,16 @@ def test_search_by_run_id_and_username(staff_client: Client, alice: Any, bob: An
     make_event(bob, 1, run_id=run)  # (cannot happen in the pipeline; shows the search is by run only)
     assert listed(staff_client, q=str(run)) == [1, 1]
     assert listed(staff_client, q="alice") == [1, 2]
-    assert listed(staff_client, q="bo") == []  # exact, so it is served by an index
+    assert listed(staff_client, q="bo") == []  # exact
+    assert listed(staff_client, q="Alice") == []
     assert listed(staff_client, q=str(uuid.uuid4())) == []
+    # Plain equality, which the (run_id, seq) and username indexes serve; Django's "=" search
+    # would be UPPER(...) = UPPER(...) or LIKE, which no index serves.
+    for term in (str(run), "alice"):
+        with CaptureQueriesContext(connection) as captured:
+            staff_client.get(EVENTS_URL, {"q": term})
+        searches = [q["sql"] for q in captured.captured_queries if "notifications_event" in q["sql"]]
+        assert searches and not [sql for sql in searches if re.search(r"UPPER|LIKE", sql, re.IGNORECASE)]
     # The run column links to the run's events.
     page = staff_client.get(EVENTS_URL).content.decode()
     assert f'href="?q={run}"' in page
@@ -104,6 +112,27 @@ def test_filters_by_event_agent_publish_state_and_date(staff_client: Client, ali
     ]
     stuck_page = staff_client.get(EVENTS_URL, {"state": "stuck"}).content.decode()
     assert "TimeoutError: slow" in stuck_page and 'alt="True"' in stuck_page
+
+
+def test_requeue_leaves_events_a_drainer_holds_and_stops_at_the_limit(
+    staff_client: Client, alice: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("notifications.admin.COUNT_LIMIT", 2)
+    old = timezone.now() - timedelta(minutes=5)
+    held = make_event(alice, 1, created_at=old, published_at=None, claimed_until=timezone.now() + timedelta(seconds=30))
+    for seq in (2, 3, 4):
+        make_event(alice, seq, created_at=old)
+    # "Select all" across pages.
+    response = staff_client.post(
+        EVENTS_URL, {"action": "requeue", "select_across": "1", "_selected_action": [str(held.pk)]}, follow=True
+    )
+    page = response.content.decode()
+    assert "Re-queued 2 event(s)" in page
+    assert "1 event(s) are being sent by a drainer right now" in page
+    assert "Only the first 2 were re-queued" in page
+    assert Event.objects.filter(published_at__isnull=True).count() == 3  # the held one and two re-queued
+    held.refresh_from_db()
+    assert held.claimed_until is not None and held.publish_attempts == 0
 
 
 def test_requeue_puts_published_and_stuck_events_back_for_the_drainer(
@@ -152,7 +181,8 @@ def test_the_list_costs_the_same_queries_for_any_size_and_never_counts_the_whole
 ) -> None:
     def queries_for_list() -> list[str]:
         with CaptureQueriesContext(connection) as captured:
-            assert staff_client.get(EVENTS_URL, {"state": "published"}).status_code == 200
+            # Asking for facet counts too: they would count every filter choice over the table.
+            assert staff_client.get(EVENTS_URL, {"state": "published", "_facets": "1"}).status_code == 200
         return [query["sql"] for query in captured.captured_queries]
 
     make_event(alice, 1)
