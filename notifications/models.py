@@ -71,6 +71,7 @@ class Event(models.Model):
             models.Index(fields=["created_at"], name="event_created_idx"),
             models.Index(fields=["agent", "created_at"], name="event_agent_created_idx"),
             models.Index(fields=["user", "created_at"], name="event_user_created_idx"),
+            models.Index(fields=["event", "created_at"], name="event_type_created_idx"),
         ]
 
     def __str__(self) -> str:
