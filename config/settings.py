@@ -293,6 +293,11 @@ DRAIN_SHUTDOWN_SECONDS = env_float("DRAIN_SHUTDOWN_SECONDS", 5.0)
 DRAIN_HOOKS = env_list("DRAIN_HOOKS", ["agents.services.runs_reap_lost_default"])
 DRAIN_HOOK_SECONDS = env_float("DRAIN_HOOK_SECONDS", 10.0)
 
+# Retention: prune_events deletes published events older than this many days
+# (pending ones never); 0 keeps everything.
+EVENT_RETENTION_DAYS = env_float("EVENT_RETENTION_DAYS", 30.0)
+PRUNE_BATCH_SIZE = env_int("PRUNE_BATCH_SIZE", 1000)
+
 EVENTS_PAGE_MAX = env_int("EVENTS_PAGE_MAX", 500)
 EVENTS_PAGE_DEFAULT = env_int("EVENTS_PAGE_DEFAULT", 100)
 

@@ -17,12 +17,13 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from .frames import event_frame_text
-from .selectors import events_after, stream_last_seq
+from .selectors import events_after, stream_last_seq, stream_positions
 
 logger = logging.getLogger(__name__)
 
 aevents_after = database_sync_to_async(events_after)
 astream_last_seq = database_sync_to_async(stream_last_seq)
+astream_positions = database_sync_to_async(stream_positions)
 
 SendText = Callable[[str], Awaitable[bool]]
 
@@ -36,6 +37,8 @@ class Resumed:
     after: int
     last_seq: int
     count: int
+    # Retention deleted some events after ``after``: the replay started at the oldest kept one.
+    truncated: bool
 
 
 class Delivery:
@@ -79,21 +82,24 @@ class Delivery:
         """Replay every event after ``after``, even ones this connection already sent.
 
         The client states what it has; the server believes it. Refused when
-        ``after`` is past the log's end or the replay would be too long.
+        ``after`` is past the log's end or the replay would be too long. From
+        before the retention window, it replays what is kept and says so.
         """
         async with self.lock:
-            last_seq = await astream_last_seq(user_id=self.user_id)
+            last_seq, pruned_seq = await astream_positions(user_id=self.user_id)
             if after > last_seq:
                 raise ResumeRefused(f"Cannot resume after {after}: the last event is {last_seq}.")
             limit: int = settings.WS_RESUME_MAX_EVENTS
-            if last_seq - after > limit:
+            # Below pruned_seq only pending events can remain, so this bounds the replay.
+            longest = last_seq - max(after, pruned_seq)
+            if longest > limit:
                 raise ResumeRefused(
-                    f"Resuming after {after} would replay {last_seq - after} events, more than {limit}; "
+                    f"Resuming after {after} would replay {longest} events, more than {limit}; "
                     "load older events from GET /api/events/ and resume from a later seq."
                 )
             self.sent_seq = after
             count = await self._send_from_log()
-            return Resumed(after=after, last_seq=self.sent_seq, count=count)
+            return Resumed(after=after, last_seq=self.sent_seq, count=count, truncated=after < pruned_seq)
 
     async def _send_from_log(self, *, upto: int | None = None) -> int:
         """Send the log's events after ``sent_seq`` (up to ``upto``) in batches; return how many."""

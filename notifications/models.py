@@ -31,6 +31,8 @@ class Stream(models.Model):
     )
     last_seq = models.PositiveBigIntegerField(default=0)
     acked_seq = models.PositiveBigIntegerField(default=0)
+    # The highest seq that retention deleted: a replay from below it is incomplete.
+    pruned_seq = models.PositiveBigIntegerField(default=0)
 
     def __str__(self) -> str:
         return f"stream of user {self.user_id} at {self.last_seq} (acked {self.acked_seq})"

@@ -25,6 +25,12 @@ def events_after(
     return list(events.order_by("seq")[:limit])
 
 
+def stream_positions(*, user_id: int) -> tuple[int, int]:
+    """Return the user's newest seq and the highest seq retention deleted (0, 0 with no stream)."""
+    row = Stream.objects.filter(user_id=user_id).values_list("last_seq", "pruned_seq").first()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
 def stream_last_seq(*, user_id: int) -> int:
     """Return the seq of the user's newest event, 0 when there is none."""
     last = Stream.objects.filter(user_id=user_id).values_list("last_seq", flat=True).first()

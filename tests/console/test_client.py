@@ -178,3 +178,19 @@ def test_stop_while_a_token_is_on_its_way_opens_no_socket(page: Page) -> None:
         """,
     )
     assert result == {"sockets": 0, "state": "signed-out"}
+
+
+def test_a_truncated_replay_is_passed_on_and_reported_as_a_gap(page: Page) -> None:
+    result = play(
+        page,
+        """
+        const client = make({ after: 2 });
+        client.start(); await tick();
+        const ws = FakeSocket.instances[0];
+        ws.frame(hello(40));
+        for (const seq of [31, 40]) ws.frame(ev(seq));     // 3..30 fell out of the retention window
+        ws.frame({ type: "resumed", after: 2, last_seq: 40, count: 2, truncated: true });
+        return { seen, gaps };
+        """,
+    )
+    assert result == {"seen": [31, 40], "gaps": [True]}

@@ -111,7 +111,7 @@ async def test_resume_after_disconnect_replays_the_gap_then_goes_live(daphne: Da
         await client.send({"type": "resume", "after": seen[-1]["seq"]})
         replayed = await client.events(4)
         assert_in_order(replayed, 4, 7)
-        assert await client.recv() == {"type": "resumed", "after": 3, "last_seq": 7, "count": 4}
+        assert await client.recv() == {"type": "resumed", "after": 3, "last_seq": 7, "count": 4, "truncated": False}
         await emit(alice.pk, 2)
         assert_in_order(await client.events(2), 8, 9)
         assert await client.settle() == []
@@ -123,7 +123,7 @@ async def test_resume_from_zero_replays_everything_even_if_already_sent(daphne: 
         await client.events(3)
         await client.send({"type": "resume", "after": 0})
         assert_in_order(await client.events(3), 1, 3)
-        assert await client.recv() == {"type": "resumed", "after": 0, "last_seq": 3, "count": 3}
+        assert await client.recv() == {"type": "resumed", "after": 0, "last_seq": 3, "count": 3, "truncated": False}
 
 
 async def test_resume_past_the_end_is_refused(daphne: DaphneServer, alice: Any) -> None:

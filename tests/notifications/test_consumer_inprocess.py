@@ -201,5 +201,11 @@ async def test_resume_past_the_replay_limit_is_refused(alice: Any, settings: Any
     assert "would replay 6 events, more than 5" in error["detail"]
     await client.send_json_to({"type": "resume", "after": 3})
     assert [(await client.receive_json_from(timeout=5))["seq"] for _ in range(5)] == [4, 5, 6, 7, 8]
-    assert await client.receive_json_from(timeout=5) == {"type": "resumed", "after": 3, "last_seq": 8, "count": 5}
+    assert await client.receive_json_from(timeout=5) == {
+        "type": "resumed",
+        "after": 3,
+        "last_seq": 8,
+        "count": 5,
+        "truncated": False,
+    }
     await client.disconnect(timeout=5)
