@@ -64,9 +64,33 @@ SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("DJANGO_SECRET_KEY is required when DJANGO_DEBUG is off.")
-    SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"  # noqa: S105 (debug only)
+    SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production-ever-0123456789"  # noqa: S105 (debug only)
+if not DEBUG and (len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5):
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY must be at least 50 random characters when DJANGO_DEBUG is off; make one with: "
+        "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+    )
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+# Origins trusted for the admin's forms behind a proxy, e.g. https://events.example.com.
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+# HTTPS, served by a TLS-terminating proxy in front of daphne. On by default
+# with debug off: secure cookies, a redirect from plain HTTP (except /healthz,
+# which health checks call directly), and HSTS. Turn it off only where the
+# service is really reached over plain HTTP (a private network, a demo).
+HTTPS = env_bool("DJANGO_HTTPS", not DEBUG)
+if env_bool("DJANGO_TRUST_X_FORWARDED_PROTO", False):
+    # Only behind a proxy that sets X-Forwarded-Proto itself, overwriting the client's.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+if HTTPS:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = env_bool("DJANGO_SSL_REDIRECT", True)
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 31_536_000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", True)
 
 INSTALLED_APPS = [
     "daphne",
@@ -317,5 +341,8 @@ LOGGING = {
         # those gaps, but an operator should still see that it happened.
         "channels_redis": {"level": "INFO"},
         "daphne": {"level": "WARNING"},
+        # A request for a host not in ALLOWED_HOSTS gets 400; scanners send
+        # them all day, and a traceback for each would drown real errors.
+        "django.security.DisallowedHost": {"level": "CRITICAL"},
     },
 }

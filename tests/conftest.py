@@ -7,6 +7,8 @@ import asyncio
 import inspect
 import os
 import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ from django.conf import settings as django_settings
 from django.db import connection, connections
 
 from config.settings import redis_channel_layers
-from tests.servers import DaphneServer, RedisServer, database_url
+from tests.servers import ROOT, DaphneServer, RedisServer, database_url
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 SESSION_PREFIX = f"test{uuid.uuid4().hex[:8]}"
@@ -145,6 +147,18 @@ def daphne(daphne_factory: Callable[..., DaphneServer], redis_url: str) -> Daphn
 def daphne_beating(daphne_factory: Callable[..., DaphneServer], redis_url: str) -> DaphneServer:
     """A shared server with a fast heartbeat, for tests of the heartbeat's catch-up."""
     return daphne_factory(redis_url=redis_url, WS_HEARTBEAT_SECONDS="0.3")
+
+
+@pytest.fixture(scope="session")
+def collected_static(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run collectstatic as the Dockerfile does, into a directory of the test's own."""
+    root = tmp_path_factory.mktemp("staticfiles")
+    env = {**os.environ, "DJANGO_DEBUG": "false", "DJANGO_SECRET_KEY": django_settings.SECRET_KEY}
+    env["DJANGO_STATIC_ROOT"] = str(root)
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"], cwd=ROOT, env=env, check=True, timeout=120
+    )
+    return root
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -8,19 +8,16 @@ page users get. Tests here are sync: Playwright's sync API runs its own loop.
 import json
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings as django_settings
 from playwright.sync_api import Browser, Page, Playwright, WebSocket, expect, sync_playwright
 
 from tests.conftest import IN_CI
-from tests.servers import ROOT, DaphneServer
+from tests.servers import DaphneServer
 
 # Every wait on the page is bounded by this unless a test says otherwise.
 EXPECT_TIMEOUT_MS = 10_000
@@ -74,20 +71,9 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
     browser.close()
 
 
-@pytest.fixture(scope="session")
-def collected_static(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Run collectstatic as the Dockerfile does, into a directory of the test's own."""
-    root = tmp_path_factory.mktemp("staticfiles")
-    env = {**os.environ, "DJANGO_DEBUG": "false", "DJANGO_SECRET_KEY": django_settings.SECRET_KEY}
-    env["DJANGO_STATIC_ROOT"] = str(root)
-    subprocess.run(
-        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"], cwd=ROOT, env=env, check=True, timeout=120
-    )
-    return root
-
-
 def console_env(static_root: Path, **extra: str) -> dict[str, str]:
-    return {"DJANGO_DEBUG": "false", "DJANGO_STATIC_ROOT": str(static_root), **extra}
+    """Production settings, reached over plain HTTP as on a private network (no TLS proxy in tests)."""
+    return {"DJANGO_DEBUG": "false", "DJANGO_HTTPS": "false", "DJANGO_STATIC_ROOT": str(static_root), **extra}
 
 
 @pytest.fixture(scope="session")
