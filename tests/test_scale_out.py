@@ -1,0 +1,243 @@
+"""Scale-out on one machine: two daphne servers and two drainers on one Redis and one PostgreSQL.
+
+The deployment of docker-compose.yml, with real processes: users connect to
+either server; runs started through one reach the user's sockets on both, in
+order and once; events whose publish failed reach them through the drainers;
+a server stopped with SIGTERM closes its sockets with 1001 and cancels its
+runs; its clients move to the other server, resume, and miss nothing.
+"""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from tests.conftest import IN_CI, SESSION_PREFIX
+from tests.servers import ROOT, DaphneServer, LineReader, RedisServer, free_port
+from tests.wsclient import Client, ws_connect
+
+PG_URL = os.environ.get("SCALE_OUT_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+PASSWORD = "scale-out-password"
+LIFECYCLE_OF_TWO_STEPS = [
+    "agent_started",
+    "agent_thinking",
+    "tool_executing",
+    "tool_completed",
+    "agent_thinking",
+    "tool_executing",
+    "tool_completed",
+    "agent_completed",
+]
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def scratch_database() -> Iterator[str]:
+    """A PostgreSQL database of this test's own, migrated; dropped at the end."""
+    name = f"scaleout_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        message = f"PostgreSQL is not reachable at {PG_URL} ({exc}): the scale-out test is SKIPPED."
+        if IN_CI:
+            pytest.fail(message + " Under CI=true that is a failure.")
+        pytest.skip(message)
+    with admin:
+        admin.execute(f"CREATE DATABASE {name}")
+        url = PG_URL.rsplit("/", 1)[0] + f"/{name}"
+        try:
+            manage("migrate", "--noinput", database_url=url)
+            for username in ("alice", "bob"):
+                manage("demo_setup", "--username", username, "--password", PASSWORD, database_url=url)
+            yield url
+        finally:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def manage(*args: str, database_url: str) -> None:
+    subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url},
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def logged(database_url: str, username: str) -> list[tuple[int, str, str, bool]]:
+    """A user's log: (seq, event, run_id, published) in seq order."""
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT e.seq, e.event, e.run_id::text, e.published_at IS NOT NULL FROM notifications_event e "
+            "JOIN auth_user u ON u.id = e.user_id WHERE u.username = %s ORDER BY e.seq",
+            [username],
+        ).fetchall()
+    return [(int(seq), event, run_id, published) for seq, event, run_id, published in rows]
+
+
+def post(url: str, body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())  # type: ignore[no-any-return]
+
+
+async def login(server: DaphneServer, username: str) -> str:
+    pair = await asyncio.to_thread(
+        post, f"{server.http_url}/api/auth/token/", {"username": username, "password": PASSWORD}
+    )
+    return str(pair["access"])
+
+
+async def start_run(server: DaphneServer, token: str, agent: str, input: dict[str, Any]) -> str:
+    run = await asyncio.to_thread(post, f"{server.http_url}/api/runs/", {"agent": agent, "input": input}, token)
+    return str(run["id"])
+
+
+def of_run(frames: list[dict[str, Any]], run_id: str) -> list[tuple[int, str]]:
+    return [(frame["seq"], frame["event"]) for frame in frames if frame["run_id"] == run_id]
+
+
+async def events_until_closed(client: Client, *, timeout: float = 15.0) -> tuple[list[dict[str, Any]], int | None]:
+    """Collect event frames until the server closes; return them and the close code."""
+    frames: list[dict[str, Any]] = []
+    async with asyncio.timeout(timeout):
+        try:
+            while True:
+                frame = json.loads(await client.ws.recv())
+                if frame["type"] == "event":
+                    frames.append(frame)
+        except ConnectionClosed as exc:
+            return frames, exc.rcvd.code if exc.rcvd is not None else None
+
+
+async def until_event(client: Client, event: str, *, timeout: float = 15.0) -> list[dict[str, Any]]:
+    """Collect event frames up to and including the first ``event``."""
+    frames: list[dict[str, Any]] = []
+    async with asyncio.timeout(timeout):
+        while not frames or frames[-1]["event"] != event:
+            frames += await client.events(1, timeout=timeout)
+    return frames
+
+
+@pytest.fixture
+def drainers(scratch_database: str, redis: RedisServer) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Two drain_events processes on the scratch database; stopped with SIGTERM, each must exit 0."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": scratch_database,
+        "REDIS_URL": redis.url,
+        "CHANNEL_LAYER_PREFIX": SESSION_PREFIX,
+        "PYTHONUNBUFFERED": "1",
+    }
+    command = [sys.executable, "manage.py", "drain_events", "--min-age", "0", "--poll-interval", "0.05"]
+    processes = [
+        subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)
+    ]
+    try:
+        yield processes
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            assert process.stdout is not None
+            code = process.wait(timeout=15)
+            assert code == 0, LineReader(process.stdout).lines
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+            if process.stdout is not None:
+                process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def redis(redis_server_factory: Callable[[], RedisServer]) -> RedisServer:
+    return redis_server_factory()
+
+
+async def test_two_servers_and_two_drainers_deliver_every_event_once_in_order_through_a_server_stop(
+    scratch_database: str,
+    redis: RedisServer,
+    daphne_factory: Callable[..., DaphneServer],
+    drainers: list[subprocess.Popen[bytes]],
+) -> None:
+    env = {"DATABASE_URL": scratch_database, "AGENT_CANCEL_POLL_SECONDS": "0.1"}
+    server_a = daphne_factory(redis_url=redis.url, **env)
+    server_b = daphne_factory(redis_url=redis.url, **env)
+    alice = await login(server_a, "alice")
+    bob = await login(server_b, "bob")
+
+    async with (
+        ws_connect(server_a.ws_url, alice) as on_a,
+        ws_connect(server_b.ws_url, alice) as on_b,
+        ws_connect(server_b.ws_url, bob) as bob_on_b,
+    ):
+        # 1. A run started through server A reaches Alice on A and on B, in order, once.
+        first = await start_run(server_a, alice, "demo", {"steps": 2, "delay": 0.01})
+        from_a, from_b = await asyncio.gather(
+            until_event(on_a, "agent_completed"), until_event(on_b, "agent_completed")
+        )
+        assert [event for _, event in of_run(from_a, first)] == LIFECYCLE_OF_TWO_STEPS
+        assert of_run(from_a, first) == of_run(from_b, first)
+
+        # 2. Events whose publish failed (their writer's Redis was down) come through the drainers.
+        dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "manage.py", "run_agent", "demo", "--user", "alice", "--input", '{"steps": 2, "delay": 0}',
+            cwd=ROOT,
+            env={**os.environ, **env, "REDIS_URL": dead_redis, "CHANNEL_LAYER_PREFIX": SESSION_PREFIX},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        assert await asyncio.wait_for(cli.wait(), timeout=60) == 0
+        drained_a, drained_b = await asyncio.gather(
+            until_event(on_a, "agent_completed"), until_event(on_b, "agent_completed")
+        )
+        assert [frame["event"] for frame in drained_a] == LIFECYCLE_OF_TWO_STEPS
+        assert drained_a == drained_b
+
+        # 3. A long run on A; A stops with SIGTERM mid-run.
+        long_run = await start_run(server_a, alice, "demo", {"steps": 50, "delay": 0.1})
+        before_stop = await on_a.events(3)
+        server_a.signal(signal.SIGTERM)
+        more, code = await events_until_closed(on_a)
+        assert code == 1001
+        before_stop += more
+        assert await asyncio.to_thread(server_a.wait, 15) == 0
+        # B's socket sees the run end: cancelled by A's shutdown.
+        on_b_frames = await until_event(on_b, "agent_error")
+        assert on_b_frames[-1]["run_id"] == long_run and on_b_frames[-1]["data"]["kind"] == "cancelled"
+
+        # 4. A's client moves to B and resumes after the last event it saw: nothing is missing.
+        seen_on_a = from_a + drained_a + before_stop
+        async with ws_connect(server_b.ws_url, alice) as moved:
+            await moved.send({"type": "resume", "after": seen_on_a[-1]["seq"]})
+            resumed = await until_event(moved, "agent_error")
+            assert (await moved.expect("resumed"))["last_seq"] == resumed[-1]["seq"]
+            seen_on_a += resumed
+            assert await moved.settle() == []
+
+        log = await asyncio.to_thread(logged, scratch_database, "alice")
+        everything = [(seq, event, run_id) for seq, event, run_id, _ in log]
+        assert [(f["seq"], f["event"], f["run_id"]) for f in seen_on_a] == everything
+        assert [(f["seq"], f["event"], f["run_id"]) for f in from_b + drained_b + on_b_frames] == everything
+        assert all(published for *_, published in log), "an event was left pending"
+        assert [event for _, event, run_id in everything if run_id == long_run][-1] == "agent_error"
+        assert await on_b.settle() == []
+        assert await bob_on_b.settle() == []  # Bob saw none of it.
+    server_b.assert_log_clean()
