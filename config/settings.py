@@ -8,6 +8,7 @@ start without a real secret key.
 import os
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -210,31 +211,78 @@ if REDIS_SOCKET_TIMEOUT_SECONDS <= REDIS_BRPOP_TIMEOUT_SECONDS:
     )
 
 
-def redis_channel_layers(*, redis_url: str, layer: str, prefix: str) -> dict[str, dict[str, object]]:
-    """Build CHANNEL_LAYERS for Redis; tests use it to point at their own server."""
-    host: dict[str, object] = {
-        "address": redis_url,
+def redis_hosts(redis_url: str) -> list[dict[str, object]]:
+    """Parse REDIS_URL into channels-redis ``hosts``.
+
+    - ``redis://host:6379/0`` (or ``rediss://``, ``unix://``): one server.
+    - Several URLs separated by commas: the layer shards groups and channels
+      across them (every process must list them in the same order).
+    - ``sentinel://[:password@]host:26379,host2:26379/<master>[/db]``: the
+      master that Redis Sentinel names, followed across failovers.
+    """
+    timeouts: dict[str, object] = {
         "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
         "socket_connect_timeout": REDIS_SOCKET_CONNECT_TIMEOUT_SECONDS,
     }
+    if redis_url.startswith("sentinel://"):
+        auth, _, rest = redis_url.removeprefix("sentinel://").rpartition("@")
+        addresses, _, path = rest.partition("/")
+        master, _, db = path.partition("/")
+        if not master or not addresses:
+            raise ImproperlyConfigured(
+                "A sentinel REDIS_URL names the sentinels and the master: sentinel://host:26379,host2:26379/mymaster/0"
+            )
+        sentinels = []
+        for address in addresses.split(","):
+            host, _, port = address.rpartition(":") if ":" in address else (address, "", "26379")
+            sentinels.append((host, int(port or 26379)))
+        entry: dict[str, object] = {
+            "sentinels": sentinels,
+            "master_name": master,
+            "db": int(db or 0),
+            "sentinel_kwargs": dict(timeouts),
+            **timeouts,
+        }
+        password = unquote(auth.partition(":")[2]) if auth else ""
+        if password:
+            entry["password"] = password
+        return [entry]
+    urls = [url.strip() for url in redis_url.split(",") if url.strip()]
+    for url in urls:
+        if urlsplit(url).scheme not in {"redis", "rediss", "unix"}:
+            raise ImproperlyConfigured(f"REDIS_URL entries must be redis://, rediss:// or unix:// URLs, got {url!r}")
+    return [{"address": url, **timeouts} for url in urls]
+
+
+def redis_channel_layers(*, redis_url: str, layer: str, prefix: str) -> dict[str, dict[str, object]]:
+    """Build CHANNEL_LAYERS for Redis; tests use it to point at their own servers."""
+    hosts = redis_hosts(redis_url)
     if layer == "pubsub":
+        # No capacity or expiry here: pub/sub keeps no queues. A message for a
+        # connection that is not listening is gone, and the log fills the gap.
         return {
             "default": {
                 "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-                "CONFIG": {"hosts": [host], "prefix": prefix},
+                "CONFIG": {"hosts": hosts, "prefix": prefix},
             }
         }
     if layer == "core":
-        host.update(max_connections=REDIS_MAX_CONNECTIONS, timeout=REDIS_POOL_TIMEOUT_SECONDS)
+        for host in hosts:
+            host["max_connections"] = REDIS_MAX_CONNECTIONS
+            if "address" in host:
+                host["timeout"] = REDIS_POOL_TIMEOUT_SECONDS  # (the waiting pool; see notifications.layers)
         return {
             "default": {
                 "BACKEND": "notifications.layers.RedisCoreChannelLayer",
                 "CONFIG": {
-                    "hosts": [host],
+                    "hosts": hosts,
                     "prefix": prefix,
                     "brpop_timeout_seconds": REDIS_BRPOP_TIMEOUT_SECONDS,
+                    # Per channel: messages a slow connection may have queued, and how
+                    # long one waits, before the layer drops it (the log fills the gap).
                     "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1000),
                     "expiry": env_int("CHANNEL_LAYER_EXPIRY_SECONDS", 60),
+                    "group_expiry": env_int("CHANNEL_LAYER_GROUP_EXPIRY_SECONDS", 86400),
                 },
             }
         }

@@ -3,6 +3,7 @@
 from typing import Any
 
 from channels_redis.core import RedisChannelLayer
+from channels_redis.utils import create_pool
 from redis import asyncio as aioredis
 
 
@@ -21,7 +22,10 @@ class RedisCoreChannelLayer(RedisChannelLayer):
         # timeout must stay above it, or idle reads fail with TimeoutError.
         self.brpop_timeout = brpop_timeout_seconds
 
-    def create_pool(self, index: int) -> aioredis.BlockingConnectionPool:
+    def create_pool(self, index: int) -> aioredis.ConnectionPool:
         host: dict[str, Any] = dict(self.hosts[index])
+        if "address" not in host:
+            pool: aioredis.ConnectionPool = create_pool(host)  # Sentinel: channels-redis' own, following the master.
+            return pool
         address = host.pop("address")
         return aioredis.BlockingConnectionPool.from_url(address, **host)

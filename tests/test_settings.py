@@ -61,3 +61,18 @@ def test_env_helpers_reject_garbage(monkeypatch: pytest.MonkeyPatch) -> None:
         project_settings.env_int("X_INT", 1)
     monkeypatch.setenv("X_LIST", "a, b,,c")
     assert project_settings.env_list("X_LIST", []) == ["a", "b", "c"]
+
+
+def test_redis_url_forms() -> None:
+    from config.settings import redis_hosts
+
+    [one] = redis_hosts("redis://r:6379/2")
+    assert one["address"] == "redis://r:6379/2"
+    shards = redis_hosts("redis://a:6379/0, rediss://b:6380/0")
+    assert [host["address"] for host in shards] == ["redis://a:6379/0", "rediss://b:6380/0"]
+    [sentinel] = redis_hosts("sentinel://:p%40ss@s1:26379,s2/mymaster/3")
+    assert sentinel["sentinels"] == [("s1", 26379), ("s2", 26379)]
+    assert (sentinel["master_name"], sentinel["db"], sentinel["password"]) == ("mymaster", 3, "p@ss")
+    for bad in ("http://r:6379/0", "sentinel://s1:26379", "sentinel:///mymaster"):
+        with pytest.raises(ImproperlyConfigured):
+            redis_hosts(bad)

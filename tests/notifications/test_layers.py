@@ -1,0 +1,116 @@
+"""The channel layer from every REDIS_URL form, against real Redis: one server, shards, Sentinel."""
+
+import asyncio
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.utils.module_loading import import_string
+from redis import asyncio as aioredis
+
+from config.settings import redis_channel_layers
+from tests.conftest import SESSION_PREFIX
+from tests.servers import RedisServer, free_port, wait_for
+
+TIMEOUT_SECONDS = 5.0
+
+
+@pytest.fixture(scope="module")
+def shards(redis_server_factory: Any) -> list[RedisServer]:
+    return [redis_server_factory(), redis_server_factory()]
+
+
+@pytest.fixture(scope="module")
+def sentinel(redis_server_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis Sentinel watching a master of its own; yields a sentinel:// URL."""
+    master = redis_server_factory()
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("sentinel")
+    config = Path(workdir / "sentinel.conf")
+    config.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
+        f"sentinel monitor themaster 127.0.0.1 {master.port} 1\n"
+        "sentinel down-after-milliseconds themaster 5000\n"
+    )
+    binary = shutil.which("redis-server")
+    assert binary is not None
+    process = subprocess.Popen(
+        [binary, str(config), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for(lambda: _answers(port), timeout=10, what="redis sentinel")
+        yield f"sentinel://127.0.0.1:{port}/themaster/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+            sock.sendall(b"SENTINEL get-master-addr-by-name themaster\r\n")
+            return sock.recv(64).startswith(b"*2")
+    except OSError:
+        return False
+
+
+def layer_for(redis_url: str, kind: str) -> Any:
+    config = redis_channel_layers(redis_url=redis_url, layer=kind, prefix=f"{SESSION_PREFIX}layers")["default"]
+    return import_string(str(config["BACKEND"]))(**config["CONFIG"])  # type: ignore[arg-type]
+
+
+async def close(layer: Any) -> None:
+    """Close the layer's connections, and the Sentinel clients that channels-redis leaves open."""
+    if hasattr(layer, "close_pools"):
+        pools = [conn.connection_pool for loop in layer._layers.values() for conn in loop._connections.values()]
+        await layer.flush()  # (the core layer's flush deletes its keys; this prefix is the test's own)
+        await layer.close_pools()
+    else:
+        shards = layer._get_layer()._shards
+        pools = [shard._redis.connection_pool for shard in shards if shard._redis is not None]
+        await layer.flush()
+    for pool in pools:
+        for client in getattr(getattr(pool, "sentinel_manager", None), "sentinels", []):
+            await client.aclose()
+
+
+async def round_trip(layer: Any, groups: int) -> None:
+    """Each of ``groups`` groups gets one message to its one member."""
+    channels = [await layer.new_channel() for _ in range(groups)]
+    for index, channel in enumerate(channels):
+        await layer.group_add(f"g{index}", channel)
+    for index in range(groups):
+        await layer.group_send(f"g{index}", {"type": "test.message", "n": index})
+    for index, channel in enumerate(channels):
+        message = await asyncio.wait_for(layer.receive(channel), timeout=TIMEOUT_SECONDS)
+        assert message == {"type": "test.message", "n": index}
+
+
+@pytest.mark.parametrize("kind", ["pubsub", "core"])
+async def test_sharded_across_two_servers(shards: list[RedisServer], kind: str) -> None:
+    layer = layer_for(",".join(shard.url for shard in shards), kind)
+    try:
+        await round_trip(layer, groups=20)
+        # Both shards hold part of it: subscriptions (pub/sub) or group keys (core).
+        for shard in shards:
+            client = aioredis.Redis.from_url(shard.url)
+            try:
+                held = await client.pubsub_channels() if kind == "pubsub" else await client.keys(f"{SESSION_PREFIX}*")
+            finally:
+                await client.aclose()
+            assert len(held) > 0, f"{shard.url} holds none of the 20 groups"
+    finally:
+        await close(layer)
+
+
+@pytest.mark.parametrize("kind", ["pubsub", "core"])
+async def test_through_sentinel(sentinel: str, kind: str) -> None:
+    layer = layer_for(sentinel, kind)
+    try:
+        await round_trip(layer, groups=3)
+    finally:
+        await close(layer)
