@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from notifications.frames import isoformat_utc
+from notifications.throttles import WriteRateThrottle
 
 from .exceptions import RunFinished, RunNotFound, RunRefused, TooManyRuns
 from .models import AgentRun
@@ -67,6 +68,9 @@ class RunsQuery(serializers.Serializer):  # type: ignore[type-arg]
 
 
 class RunListView(APIView):
+    throttle_classes = [WriteRateThrottle]  # Starting runs, per user: THROTTLE_RUNS_RATE.
+    throttle_scope = "runs"
+
     def get(self, request: Request) -> Response:
         """The caller's runs, newest first; ``before`` (a created_at) pages back."""
         query = RunsQuery(data=request.query_params)
@@ -107,6 +111,9 @@ class RunDetailView(APIView):
 
 
 class RunCancelView(APIView):
+    throttle_classes = [WriteRateThrottle]
+    throttle_scope = "runs"
+
     def post(self, request: Request, run_id: uuid.UUID) -> Response:
         """Ask the run to stop: 202 with the run; its agent_error (cancelled) follows as an event."""
         try:

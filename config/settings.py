@@ -305,6 +305,39 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PAGINATION_CLASS": None,
+    "EXCEPTION_HANDLER": "notifications.throttles.api_exception_handler",
+    # Rates per client address (sign-in, refresh) or per user (starting and cancelling runs).
+    "DEFAULT_THROTTLE_RATES": {
+        "auth": env_str("THROTTLE_AUTH_RATE", "10/min"),
+        "auth_refresh": env_str("THROTTLE_AUTH_REFRESH_RATE", "60/min"),
+        "runs": env_str("THROTTLE_RUNS_RATE", "60/min"),
+    },
+    # The client address is REMOTE_ADDR, which daphne --proxy-headers takes from
+    # the proxy's X-Forwarded-For; DRF never reads that header itself, so a
+    # client cannot pick its own address.
+    "NUM_PROXIES": 0,
+}
+
+# The cache holds the REST rate-limit counters; in Redis they are shared by
+# every server process. CACHE_REDIS_URL defaults to REDIS_URL's first server
+# (a Sentinel REDIS_URL needs an explicit one); without either, per process.
+CACHE_REDIS_URL = env_str(
+    "CACHE_REDIS_URL", REDIS_URL.split(",")[0].strip() if REDIS_URL.startswith(("redis://", "rediss://")) else ""
+)
+CACHES = {
+    "default": (
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": CACHE_REDIS_URL,
+            "KEY_PREFIX": env_str("CHANNEL_LAYER_PREFIX", "agentevents") + ":cache",
+            "OPTIONS": {
+                "socket_timeout": REDIS_SOCKET_CONNECT_TIMEOUT_SECONDS,
+                "socket_connect_timeout": REDIS_SOCKET_CONNECT_TIMEOUT_SECONDS,
+            },
+        }
+        if CACHE_REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
 }
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(seconds=env_int("JWT_ACCESS_LIFETIME_SECONDS", 300)),

@@ -18,6 +18,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings as django_settings
+from django.core.cache import cache
 from django.db import connection, connections
 
 from config.settings import redis_channel_layers
@@ -125,6 +126,10 @@ def daphne_factory(
             # timeouts; tests about the heartbeat use ``daphne_beating``.
             "WS_HEARTBEAT_SECONDS": "60",
             "LOG_LEVEL": "INFO",
+            # Every test signs in from 127.0.0.1; the limits have tests of their own.
+            "THROTTLE_AUTH_RATE": "100000/min",
+            "THROTTLE_AUTH_REFRESH_RATE": "100000/min",
+            "THROTTLE_RUNS_RATE": "100000/min",
             **env,
         }
         server = DaphneServer(env=server_env, log_path=tmp_path_factory.mktemp("daphne") / "server.log", args=args)
@@ -159,6 +164,12 @@ def collected_static(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"], cwd=ROOT, env=env, check=True, timeout=120
     )
     return root
+
+
+@pytest.fixture(autouse=True)
+def fresh_rate_limits() -> None:
+    """Start each test with no REST rate-limit counts (they live in this process's cache)."""
+    cache.clear()
 
 
 @pytest.fixture(scope="session", autouse=True)
