@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Any
 
+from daphne.access import AccessLogGenerator
 from daphne.cli import CommandLineInterface
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
@@ -19,10 +20,48 @@ from django.utils.module_loading import import_string
 from twisted.internet import defer, reactor
 
 logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("access")
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLL_SECONDS = 0.02
 SHUTDOWN_HOOK_TIMEOUT_SECONDS = 15.0
+
+
+class AccessLog(AccessLogGenerator):
+    """Daphne's access log, written through logging (so LOG_FORMAT applies), without query strings.
+
+    The server never reads a token from a URL, but a client may still put one
+    there; the path alone is enough to read the log. Headers (Authorization,
+    the WebSocket's subprotocols) are never logged.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(stream=None)
+
+    def __call__(self, protocol: str, action: str, details: dict[str, Any]) -> None:
+        if "path" in details:
+            path, query, _ = str(details["path"]).partition("?")
+            details = {**details, "path": path + ("?…" if query else "")}
+        super().__call__(protocol, action, details)
+
+    def write_entry(
+        self,
+        host: str,
+        date: Any,
+        request: str,
+        status: int | None = None,
+        length: int | None = None,
+        ident: str | None = None,
+        user: str | None = None,
+    ) -> None:
+        access_logger.info(
+            '%s "%s" %s %s',
+            host,
+            request,
+            status or "-",
+            length or "-",
+            extra={"client": host, "request": request, "status": status, "bytes": length},
+        )
 
 
 class GracefulServer(Server):
@@ -33,6 +72,11 @@ class GracefulServer(Server):
     ``sendCloseFrame`` is used because autobahn's ``sendClose`` only accepts
     1000 and 3000-4999 from a server.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if isinstance(kwargs.get("action_logger"), AccessLogGenerator):
+            kwargs["action_logger"] = AccessLog()
+        super().__init__(*args, **kwargs)
 
     def run(self) -> None:
         reactor.callWhenRunning(self._close_frames_on_failure)

@@ -407,14 +407,20 @@ EVENTS_PAGE_MAX = env_int("EVENTS_PAGE_MAX", 500)
 EVENTS_PAGE_DEFAULT = env_int("EVENTS_PAGE_DEFAULT", 100)
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+# plain: human-readable lines; json: one JSON object per line (time, level,
+# logger, message, and the access log's client, request, status and bytes).
+LOG_FORMAT = env_str("LOG_FORMAT", "plain")
+if LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, got {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "config.logfmt.JsonFormatter"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT},
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
