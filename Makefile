@@ -29,6 +29,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy config notifications agents console tests
+	$(BIN)/hadolint Dockerfile
 
 # Regenerate docs/screenshots/ from real runs in Debian's chromium.
 screenshots: setup

@@ -1,16 +1,21 @@
 """Production configuration: check --deploy is clean with the documented environment."""
 
+import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.servers import DaphneServer
+import yaml
+
+from tests.servers import DaphneServer, LineReader, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCTION_ENV = ROOT / "deploy" / "production.env.example"
@@ -116,3 +121,140 @@ def test_a_production_server_redirects_to_https_sends_hsts_and_passes_its_health
         check=False,
     )
     assert down.returncode == 1 and "healthcheck:" in down.stderr
+
+
+# compose.yaml and the image's commands, run on this host (no container engine here).
+
+COMPOSE = ROOT / "compose.yaml"
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())  # type: ignore[no-any-return]
+
+
+def image_command() -> list[str]:
+    """The image's ENTRYPOINT followed by its CMD, from the Dockerfile's exec forms."""
+    lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in DOCKERFILE.read_text().splitlines() if line}
+    return [*json.loads(lines["ENTRYPOINT"]), *json.loads(lines["CMD"])]
+
+
+def service_command(service: dict[str, Any]) -> list[str]:
+    return [*service.get("entrypoint", []), *service["command"]] if "entrypoint" in service else image_command()
+
+
+def test_compose_runs_migrations_once_before_two_web_servers_and_two_drainers() -> None:
+    services = compose()["services"]
+    assert services["web"]["deploy"]["replicas"] == 2 and services["drainer"]["deploy"]["replicas"] == 2
+    for name in ("web", "drainer", "pruner"):
+        assert services[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+    assert services["migrate"]["depends_on"]["db"] == {"condition": "service_healthy"}
+    assert services["migrate"]["restart"] == "no"
+    assert service_command(services["migrate"]) == ["python", "manage.py", "migrate", "--noinput"]
+    assert service_command(services["web"])[:3] == ["python", "-m", "config.server"]
+    assert "--proxy-headers" in service_command(services["web"])
+    # Every app service talks to the same PostgreSQL and Redis.
+    for name in ("migrate", "web", "drainer", "pruner", "manage"):
+        env = services[name]["environment"]
+        assert env["DATABASE_URL"].startswith("postgres://") and "@db:5432/" in env["DATABASE_URL"]
+        assert env["REDIS_URL"] == "redis://redis:6379/0"
+
+
+def test_the_dockerfile_passes_hadolint() -> None:
+    hadolint = Path(sys.executable).with_name("hadolint")
+    result = subprocess.run([str(hadolint), str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def host_env(service: dict[str, Any], *, database_url: str, redis_url: str, static_root: Path) -> dict[str, str]:
+    """A compose service's environment on this host: the same, but for where PostgreSQL and Redis are."""
+    env = {key: str(value) for key, value in service["environment"].items()}
+    env.update(
+        DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        DJANGO_STATIC_ROOT=str(static_root),  # (the image collects its own)
+        PYTHONUNBUFFERED="1",
+    )
+    clean = {key: value for key, value in os.environ.items() if not key.startswith(("DJANGO_", "WS_", "DATABASE_"))}
+    return {**clean, **env}
+
+
+def on_host(command: list[str]) -> list[str]:
+    return [sys.executable, *command[1:]] if command[0] == "python" else command
+
+
+def test_the_services_commands_run_as_written_on_the_host(
+    tmp_path: Path, redis_url: str, collected_static: Path
+) -> None:
+    services = compose()["services"]
+    database_url = f"sqlite:///{tmp_path / 'compose.sqlite3'}"
+
+    def env_of(name: str) -> dict[str, str]:
+        return host_env(services[name], database_url=database_url, redis_url=redis_url, static_root=collected_static)
+
+    def run(name: str, *args: str) -> None:
+        """Run a one-off service, with other arguments in place of its command's if given."""
+        command = on_host(service_command(services[name]))
+        if args:
+            command = command[: -len(services[name]["command"])] + list(args)
+        subprocess.run(command, cwd=ROOT, env=env_of(name), check=True, capture_output=True, timeout=120)
+
+    run("migrate")
+    run("manage", "demo_setup")  # (the README's one-off command)
+    pending = (
+        "from datetime import timedelta; from django.utils import timezone; "
+        "from notifications.models import Event; from notifications.services import event_record; "
+        "import uuid; e = event_record(user_id=1, event='agent_started', run_id=uuid.uuid4(), agent='demo', data={}); "
+        "Event.objects.filter(pk=e.pk).update(published_at=None, created_at=timezone.now() - timedelta(minutes=1))"
+    )
+    subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", pending], cwd=ROOT, env=env_of("drainer"), check=True, timeout=60
+    )
+
+    # web: the image's ENTRYPOINT and CMD, on a free port; its HEALTHCHECK passes; SIGTERM ends it cleanly.
+    port = free_port()
+    command = on_host(service_command(services["web"]))
+    command[command.index("-p") + 1] = str(port)
+    with started(command, env_of("web")) as web:
+        wait_for(
+            lambda: healthcheck(port, env_of("web")) == 0 or web.poll() is not None,
+            timeout=30,
+            what="the web server's health check",
+        )
+        assert web.poll() is None
+        web.send_signal(signal.SIGTERM)
+        assert web.wait(timeout=15) == 0
+
+    # drainer: publishes the pending event, then stops on SIGTERM with its summary.
+    with started(on_host(service_command(services["drainer"])), env_of("drainer")) as drainer:
+        output = LineReader(drainer.stdout)
+        output.until("Draining pending events")
+        output.until("Progress: published 1")
+        drainer.send_signal(signal.SIGTERM)
+        assert "published 1" in output.until("Done:")
+        assert drainer.wait(timeout=15) == 0
+
+    # pruner: a pass, then waits for the next hour until SIGTERM.
+    with started(on_host(service_command(services["pruner"])), env_of("pruner")) as pruner:
+        LineReader(pruner.stdout).until("published event(s) created before")
+        pruner.send_signal(signal.SIGTERM)
+        assert pruner.wait(timeout=15) == 0
+
+
+def healthcheck(port: int, env: dict[str, str]) -> int:
+    command = [sys.executable, "-m", "config.healthcheck", "--port", str(port)]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, timeout=30, check=False).returncode
+
+
+@contextmanager
+def started(command: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        assert process.stdout is not None
+        process.stdout.close()
