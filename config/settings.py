@@ -52,6 +52,15 @@ def env_float(name: str, default: float) -> float:
         raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from None
 
 
+def env_rate(name: str, default: str) -> str:
+    """A DRF rate such as ``10/min``: a count, a slash, and a period (s, m, h or d, any suffix)."""
+    value = env_str(name, default).strip()
+    count, _, period = value.partition("/")
+    if not count.isdigit() or period[:1] not in {"s", "m", "h", "d"}:
+        raise ImproperlyConfigured(f"{name} must be a rate such as 10/min or 100/hour, got {value!r}")
+    return value
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -158,6 +167,19 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         connect_timeout=env_int("DB_CONNECT_TIMEOUT_SECONDS", 5),
         options=f"-c statement_timeout={env_int('DB_STATEMENT_TIMEOUT_MS', 15_000)}",
     )
+    if env_bool("DB_POOL", True):
+        # Under ASGI every HTTP request runs its ORM calls in a thread of its
+        # own, so per-thread persistent connections would be opened per
+        # request and left for the garbage collector. A process-wide pool
+        # (psycopg_pool, through Django) hands the same connections to every
+        # thread instead; Django requires CONN_MAX_AGE=0 with it, and with
+        # CONN_HEALTH_CHECKS the pool checks each connection before lending it.
+        DATABASES["default"]["CONN_MAX_AGE"] = 0
+        DATABASES["default"]["OPTIONS"]["pool"] = {
+            "min_size": env_int("DB_POOL_MIN_SIZE", 1),
+            "max_size": env_int("DB_POOL_MAX_SIZE", 20),
+            "timeout": env_float("DB_POOL_TIMEOUT_SECONDS", 10.0),
+        }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {
         "transaction_mode": "IMMEDIATE",
@@ -224,13 +246,15 @@ def redis_hosts(redis_url: str) -> list[dict[str, object]]:
         "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
         "socket_connect_timeout": REDIS_SOCKET_CONNECT_TIMEOUT_SECONDS,
     }
+    redis_url = redis_url.strip()
     if redis_url.startswith("sentinel://"):
         auth, _, rest = redis_url.removeprefix("sentinel://").rpartition("@")
         addresses, _, path = rest.partition("/")
         master, _, db = path.partition("/")
-        if not master or not addresses:
+        if not master or not addresses or "?" in path or not (db or "0").isdigit():
             raise ImproperlyConfigured(
-                "A sentinel REDIS_URL names the sentinels and the master: sentinel://host:26379,host2:26379/mymaster/0"
+                "A sentinel REDIS_URL names the sentinels, the master and optionally the database, with no "
+                "query string: sentinel://[user:password@]host:26379,host2:26379/mymaster/0"
             )
         sentinels = []
         for address in addresses.split(","):
@@ -243,14 +267,20 @@ def redis_hosts(redis_url: str) -> list[dict[str, object]]:
             "sentinel_kwargs": dict(timeouts),
             **timeouts,
         }
-        password = unquote(auth.partition(":")[2]) if auth else ""
+        username, _, password = (unquote(part) for part in auth.partition(":")) if auth else ("", "", "")
+        if username:
+            entry["username"] = username
         if password:
             entry["password"] = password
+        sentinel_password = os.environ.get("REDIS_SENTINEL_PASSWORD", "")
+        if sentinel_password:  # The sentinels' own, when they require one.
+            entry["sentinel_kwargs"] = {**timeouts, "password": sentinel_password}
         return [entry]
     urls = [url.strip() for url in redis_url.split(",") if url.strip()]
     for url in urls:
         if urlsplit(url).scheme not in {"redis", "rediss", "unix"}:
-            raise ImproperlyConfigured(f"REDIS_URL entries must be redis://, rediss:// or unix:// URLs, got {url!r}")
+            # (Not the URL itself: it may hold a password. A comma in a password must be written %2C.)
+            raise ImproperlyConfigured("REDIS_URL entries must be redis://, rediss:// or unix:// URLs")
     return [{"address": url, **timeouts} for url in urls]
 
 
@@ -308,9 +338,9 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "notifications.throttles.api_exception_handler",
     # Rates per client address (sign-in, refresh) or per user (starting and cancelling runs).
     "DEFAULT_THROTTLE_RATES": {
-        "auth": env_str("THROTTLE_AUTH_RATE", "10/min"),
-        "auth_refresh": env_str("THROTTLE_AUTH_REFRESH_RATE", "60/min"),
-        "runs": env_str("THROTTLE_RUNS_RATE", "60/min"),
+        "auth": env_rate("THROTTLE_AUTH_RATE", "10/min"),
+        "auth_refresh": env_rate("THROTTLE_AUTH_REFRESH_RATE", "60/min"),
+        "runs": env_rate("THROTTLE_RUNS_RATE", "60/min"),
     },
     # The client address is REMOTE_ADDR, which daphne --proxy-headers takes from
     # the proxy's X-Forwarded-For; DRF never reads that header itself, so a
@@ -321,8 +351,9 @@ REST_FRAMEWORK = {
 # The cache holds the REST rate-limit counters; in Redis they are shared by
 # every server process. CACHE_REDIS_URL defaults to REDIS_URL's first server
 # (a Sentinel REDIS_URL needs an explicit one); without either, per process.
+_first_redis = REDIS_URL.split(",")[0].strip()
 CACHE_REDIS_URL = env_str(
-    "CACHE_REDIS_URL", REDIS_URL.split(",")[0].strip() if REDIS_URL.startswith(("redis://", "rediss://")) else ""
+    "CACHE_REDIS_URL", _first_redis if _first_redis.startswith(("redis://", "rediss://", "unix://")) else ""
 )
 CACHES = {
     "default": (

@@ -99,6 +99,8 @@ class Delivery:
                 )
             self.sent_seq = after
             count = await self._send_from_log()
+            # Read again: a prune that ran during the replay may have taken events from it.
+            _, pruned_seq = await astream_positions(user_id=self.user_id)
             return Resumed(after=after, last_seq=self.sent_seq, count=count, truncated=after < pruned_seq)
 
     async def _send_from_log(self, *, upto: int | None = None) -> int:

@@ -25,7 +25,8 @@ def events_prune_batch(*, cutoff: datetime, batch_size: int) -> int:
         batch = list(events_prunable(cutoff=cutoff).order_by("created_at").values_list("pk", flat=True)[:batch_size])
         if not batch:
             return 0
-        doomed = Event.objects.filter(pk__in=batch)
+        # The same conditions again: an event re-queued since it was picked is pending, and stays.
+        doomed = events_prunable(cutoff=cutoff).filter(pk__in=batch)
         highest = dict(doomed.values("user_id").annotate(seq=Max("seq")).values_list("user_id", "seq"))
         deleted, _ = doomed.delete()
         for user_id, seq in highest.items():

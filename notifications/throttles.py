@@ -3,6 +3,7 @@
 import logging
 from typing import Any
 
+from redis.exceptions import RedisError
 from rest_framework.exceptions import Throttled
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -22,7 +23,7 @@ class ScopedThrottle(ScopedRateThrottle):
     def allow_request(self, request: Request, view: APIView) -> bool:
         try:
             return super().allow_request(request, view)
-        except Exception as exc:  # Any cache failure: let the request through, and say so.
+        except (RedisError, OSError) as exc:  # The cache is unreachable: let the request through, and say so.
             logger.warning("Rate limit not checked (%s: %s); allowing the request", type(exc).__name__, exc)
             return True
 

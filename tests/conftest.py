@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
@@ -152,6 +153,52 @@ def daphne(daphne_factory: Callable[..., DaphneServer], redis_url: str) -> Daphn
 def daphne_beating(daphne_factory: Callable[..., DaphneServer], redis_url: str) -> DaphneServer:
     """A shared server with a fast heartbeat, for tests of the heartbeat's catch-up."""
     return daphne_factory(redis_url=redis_url, WS_HEARTBEAT_SECONDS="0.3")
+
+
+SCRATCH_PG_URL = os.environ.get("SCRATCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+
+
+def manage(*args: str, database_url: str) -> None:
+    """Run a management command on another database, as an operator would."""
+    subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url},
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="session")
+def scratch_postgres() -> Iterator[Callable[[str], str]]:
+    """Make migrated PostgreSQL databases of a test's own (whatever the suite's database); drop them at the end.
+
+    Skipped where PostgreSQL is not reachable, and a failure instead under CI=true.
+    """
+    try:
+        admin = psycopg.connect(SCRATCH_PG_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        message = f"PostgreSQL is not reachable at {SCRATCH_PG_URL} ({exc}): tests that need it are SKIPPED."
+        if IN_CI:
+            pytest.fail(message + " Under CI=true that is a failure.")
+        pytest.skip(message)
+    names: list[str] = []
+
+    def make(purpose: str) -> str:
+        name = f"{purpose}_{uuid.uuid4().hex[:10]}"
+        admin.execute(f"CREATE DATABASE {name}")
+        names.append(name)
+        url = SCRATCH_PG_URL.rsplit("/", 1)[0] + f"/{name}"
+        manage("migrate", "--noinput", database_url=url)
+        return url
+
+    with admin:
+        try:
+            yield make
+        finally:
+            for name in names:
+                admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture(scope="session")

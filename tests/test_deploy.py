@@ -6,6 +6,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -13,8 +14,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import yaml
 
+from tests.conftest import SCRATCH_PG_URL
 from tests.servers import DaphneServer, LineReader, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,6 +153,10 @@ def test_compose_runs_migrations_once_before_two_web_servers_and_two_drainers() 
         assert services[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
     assert services["migrate"]["depends_on"]["db"] == {"condition": "service_healthy"}
     assert services["migrate"]["restart"] == "no"
+    # The image's health check is the web server's; the other services turn it off.
+    for name in ("migrate", "drainer", "pruner", "manage"):
+        assert services[name]["healthcheck"] == {"disable": True}
+    assert "healthcheck" not in services["web"]
     assert service_command(services["migrate"]) == ["python", "manage.py", "migrate", "--noinput"]
     assert service_command(services["web"])[:3] == ["python", "-m", "config.server"]
     assert "--proxy-headers" in service_command(services["web"])
@@ -258,3 +265,53 @@ def started(command: list[str], env: dict[str, str]) -> Iterator[subprocess.Pope
             process.wait(timeout=10)
         assert process.stdout is not None
         process.stdout.close()
+
+
+def test_http_requests_share_a_pool_of_database_connections(
+    scratch_postgres: Callable[[str], str], daphne_factory: Callable[..., DaphneServer], redis_url: str
+) -> None:
+    """Under ASGI each request's ORM calls run in a thread of its own; the pool keeps their connections few."""
+    database_url = scratch_postgres("pool")
+    manage_on(database_url, "demo_setup", "--username", "pooled", "--password", "pooled-password")
+    server = daphne_factory(redis_url=redis_url, DATABASE_URL=database_url)
+    status, pair = post_json(
+        f"{server.http_url}/api/auth/token/", {"username": "pooled", "password": "pooled-password"}
+    )
+    assert status == 200
+    name = database_url.rsplit("/", 1)[1]
+    seen: set[tuple[int, str]] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        with psycopg.connect(SCRATCH_PG_URL, autocommit=True) as conn:
+            while not done.is_set():
+                rows = conn.execute(
+                    "SELECT pid, backend_start::text FROM pg_stat_activity WHERE datname = %s", [name]
+                ).fetchall()
+                seen.update((int(pid), str(start)) for pid, start in rows)
+                done.wait(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for _ in range(40):  # each one looks its user up in the database
+            request = urllib.request.Request(
+                f"{server.http_url}/api/runs/", headers={"Authorization": f"Bearer {pair['access']}"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.status == 200
+    finally:
+        done.set()
+        watcher.join(timeout=10)
+    assert 1 <= len(seen) <= 3, f"{len(seen)} database connections for 40 requests"
+
+
+def manage_on(database_url: str, *args: str) -> None:
+    env = {**os.environ, "DATABASE_URL": database_url}
+    subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, capture_output=True, timeout=60)
+
+
+def post_json(url: str, body: dict[str, Any]) -> tuple[int, Any]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, json.loads(response.read())

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,11 +21,10 @@ import psycopg
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import IN_CI, SESSION_PREFIX
+from tests.conftest import SESSION_PREFIX, manage
 from tests.servers import ROOT, DaphneServer, LineReader, RedisServer, free_port
 from tests.wsclient import Client, ws_connect
 
-PG_URL = os.environ.get("SCALE_OUT_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 PASSWORD = "scale-out-password"
 LIFECYCLE_OF_TWO_STEPS = [
     "agent_started",
@@ -43,37 +41,12 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def scratch_database() -> Iterator[str]:
-    """A PostgreSQL database of this test's own, migrated; dropped at the end."""
-    name = f"scaleout_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        message = f"PostgreSQL is not reachable at {PG_URL} ({exc}): the scale-out test is SKIPPED."
-        if IN_CI:
-            pytest.fail(message + " Under CI=true that is a failure.")
-        pytest.skip(message)
-    with admin:
-        admin.execute(f"CREATE DATABASE {name}")
-        url = PG_URL.rsplit("/", 1)[0] + f"/{name}"
-        try:
-            manage("migrate", "--noinput", database_url=url)
-            for username in ("alice", "bob"):
-                manage("demo_setup", "--username", username, "--password", PASSWORD, database_url=url)
-            yield url
-        finally:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-def manage(*args: str, database_url: str) -> None:
-    subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": database_url},
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+def scratch_database(scratch_postgres: Callable[[str], str]) -> str:
+    """A PostgreSQL database of this test's own, with Alice and Bob."""
+    url = scratch_postgres("scaleout")
+    for username in ("alice", "bob"):
+        manage("demo_setup", "--username", username, "--password", PASSWORD, database_url=url)
+    return url
 
 
 def logged(database_url: str, username: str) -> list[tuple[int, str, str, bool]]:

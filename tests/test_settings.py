@@ -73,6 +73,9 @@ def test_redis_url_forms() -> None:
     [sentinel] = redis_hosts("sentinel://:p%40ss@s1:26379,s2/mymaster/3")
     assert sentinel["sentinels"] == [("s1", 26379), ("s2", 26379)]
     assert (sentinel["master_name"], sentinel["db"], sentinel["password"]) == ("mymaster", 3, "p@ss")
-    for bad in ("http://r:6379/0", "sentinel://s1:26379", "sentinel:///mymaster"):
+    [with_user] = redis_hosts(" sentinel://app:secret@s1:26380/m ")
+    assert (with_user["username"], with_user["password"], with_user["db"]) == ("app", "secret", 0)
+    assert with_user["sentinels"] == [("s1", 26380)]
+    for bad in ("http://r:6379/0", "sentinel://s1:26379", "sentinel:///mymaster", "sentinel://s1/m/0?ssl=true"):
         with pytest.raises(ImproperlyConfigured):
             redis_hosts(bad)

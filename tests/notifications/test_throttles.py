@@ -40,11 +40,11 @@ def test_starting_runs_is_limited_per_user_and_reading_is_not(alice: Any, bob: A
     alices, bobs = APIClient(), APIClient()
     alices.credentials(HTTP_AUTHORIZATION=f"Bearer {access_token(alice)}")
     bobs.credentials(HTTP_AUTHORIZATION=f"Bearer {access_token(bob)}")
-    # Unknown agents: refused by the run service, but the requests still count.
-    statuses = [alices.post("/api/runs/", {"agent": "none"}, format="json").status_code for _ in range(3)]
+    # Bodies without an agent: refused before any run exists, but the requests still count.
+    statuses = [alices.post("/api/runs/", {"input": {}}, format="json").status_code for _ in range(3)]
     assert statuses == [400, 400, 429]
     assert alices.get("/api/runs/").status_code == 200
-    assert bobs.post("/api/runs/", {"agent": "none"}, format="json").status_code == 400
+    assert bobs.post("/api/runs/", {"input": {}}, format="json").status_code == 400
 
 
 @pytest.mark.usefixtures("rates", "transactional_db")
