@@ -77,6 +77,11 @@ class GracefulServer(Server):
         if isinstance(kwargs.get("action_logger"), AccessLogGenerator):
             kwargs["action_logger"] = AccessLog()
         super().__init__(*args, **kwargs)
+        self.ports: list[Any] = []
+
+    def listen_success(self, port: Any) -> None:
+        self.ports.append(port)  # Kept, so that shutdown can stop accepting first.
+        super().listen_success(port)
 
     def run(self) -> None:
         reactor.callWhenRunning(self._close_frames_on_failure)
@@ -99,6 +104,16 @@ class GracefulServer(Server):
         would be lost, and the hooks (cancelling agent runs, which record
         their end) must finish before the process exits.
         """
+        # Accept no new connections first (the ports are closed before any
+        # 1001 goes out): a client reconnecting after its 1001 must reach
+        # another server, not this one on its way out.
+        stopped = defer.gatherResults(
+            [defer.maybeDeferred(port.stopListening) for port in self.ports], consumeErrors=True
+        )
+        stopped.addBoth(lambda _: self._close_and_cancel())
+        return stopped
+
+    def _close_and_cancel(self) -> defer.Deferred[Any]:
         hooks = defer.Deferred.fromFuture(asyncio.ensure_future(_run_shutdown_hooks()))
         both = defer.gatherResults([hooks, self._close_websockets()], consumeErrors=True)
         both.addBoth(lambda _: self._cancel_applications())

@@ -128,3 +128,32 @@ async def test_burst_of_200_connects_and_disconnects_raises_nothing(
         await client.send({"type": "ping"})
         assert await client.recv() == {"type": "pong"}
     server.assert_log_clean()
+
+
+async def test_a_stopping_server_accepts_no_new_connections(
+    daphne_factory: Callable[..., DaphneServer], redis_url: str, alice: Any
+) -> None:
+    # A client that never answers the close keeps the server in its close grace for up to 5 s.
+    server = daphne_factory(redis_url=redis_url, SHUTDOWN_CLOSE_GRACE_SECONDS="5")
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(
+            (
+                "GET /ws/notifications/ HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                f"Sec-WebSocket-Protocol: jwt, {access_token(alice)}\r\n\r\n"
+            ).encode()
+        )
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 101")
+        server.signal(signal.SIGTERM)
+        # Read up to the server's close frame (0x88), and do not answer it.
+        async with asyncio.timeout(5):
+            while b"\x88" not in await reader.read(4096):
+                pass
+        with pytest.raises(ConnectionRefusedError):
+            _, late = await asyncio.open_connection("127.0.0.1", server.port)
+            late.close()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert await asyncio.to_thread(server.wait) == 0
