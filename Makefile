@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint setup screenshots
+.PHONY: run test lint setup screenshots bench bench-quick
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,3 +34,12 @@ lint: setup
 # Regenerate docs/screenshots/ from real runs in Debian's chromium.
 screenshots: setup
 	SCREENSHOTS_DIR=docs/screenshots $(BIN)/python -m pytest tests/console/test_screenshots.py -q
+
+# The end-to-end benchmark, ours beside the raw limit (bench/RESULTS.md); needs
+# redis-server and the local PostgreSQL. bench-quick is the small run CI makes:
+# it fails on any lost, duplicated or out-of-order event, never on speed.
+bench: setup
+	$(BIN)/python bench/run.py --json bench/results.json
+
+bench-quick: setup
+	$(BIN)/python bench/run.py --quick --check --json $(or $(BENCH_JSON),/tmp/bench-quick.json)

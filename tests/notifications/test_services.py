@@ -187,3 +187,28 @@ def test_only_the_services_module_calls_group_send() -> None:
         if "group_send(" in path.read_text()
     )
     assert callers == ["notifications/services.py"]
+
+
+async def test_concurrent_publishes_are_marked_together(
+    layer: Any, make_user: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from notifications import services
+
+    users = [await sync_to_async(make_user)() for _ in range(20)]
+    writes: list[int] = []
+    original = services._events_mark_published
+
+    def counted(*, event_ids: list[uuid.UUID]) -> None:
+        writes.append(len(event_ids))
+        original(event_ids=event_ids)
+
+    monkeypatch.setattr(services, "_events_mark_published", counted)
+    await asyncio.gather(
+        *(
+            aevent_record(user_id=user.pk, event="agent_thinking", run_id=uuid.uuid4(), agent="demo", data={})
+            for user in users
+        )
+    )
+    assert sum(writes) == 20  # every event marked, once
+    assert len(writes) < 20  # in fewer writes than events
+    assert await Event.objects.filter(published_at__isnull=True).acount() == 0

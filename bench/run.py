@@ -1,0 +1,438 @@
+"""End-to-end benchmark: ours beside the raw limit, on this machine.
+
+    .venv/bin/python bench/run.py            # the full run (about 5 minutes)
+    .venv/bin/python bench/run.py --quick    # a small one (well under a minute), as CI runs it
+
+It starts its own redis-server and a PostgreSQL database of its own (on the
+local server, ``BENCH_PG_URL``), then, each in its own process: one daphne
+with the production settings (``python -m config.server``), the raw
+forwarder (``bench/raw_forwarder.py``), the clients (``bench/clients.py``)
+and the producer (``bench/producer.py``). It prints a table, ours beside the
+raw limit, and writes every figure to ``--json``. Lost, duplicated and
+out-of-order events are counted in every run; ``--check`` exits 1 if any
+run of ours had one.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+BENCH = ROOT / "bench"
+PYTHON = sys.executable
+PG_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+SECRET = secrets.token_urlsafe(50)
+
+
+@dataclass(frozen=True)
+class Plan:
+    users: int
+    load_seconds: float
+    rates: tuple[int, ...]  # fixed rates for the latency runs
+    idle_connections: int
+    drain_events: int
+
+
+FULL = Plan(users=1000, load_seconds=10, rates=(500, 2000), idle_connections=10_000, drain_events=50_000)
+QUICK = Plan(users=50, load_seconds=2, rates=(200,), idle_connections=200, drain_events=2000)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def raise_file_limit() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def wait_line(process: subprocess.Popen[str], prefix: str, timeout: float) -> str:
+    """Read the child's stdout until a line starting with ``prefix``."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line.startswith(prefix):
+            return line.strip()
+        if not line and process.poll() is not None:
+            break
+    raise RuntimeError(f"{process.args!r} gave no {prefix!r} line within {timeout}s (exit {process.poll()})")
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port} after {timeout}s")
+
+
+@dataclass
+class Machine:
+    """What one run starts, to stop it all at the end."""
+
+    workdir: Path
+    processes: list[subprocess.Popen[Any]] = field(default_factory=list)
+    database: str = ""
+
+    def start(self, command: list[str], env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.Popen[Any]:
+        if "stdout" not in kwargs:  # servers: their output goes to a log file in the work directory
+            log = open(self.workdir / f"{Path(command[1]).stem}-{len(self.processes)}.log", "wb")
+            kwargs.update(stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, cwd=ROOT, env={**os.environ, **(env or {})}, preexec_fn=raise_file_limit, **kwargs
+        )
+        self.processes.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen[Any]) -> None:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=15)
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            self.stop(process)
+        if self.database:
+            import psycopg
+
+            with psycopg.connect(PG_URL, autocommit=True) as conn:
+                conn.execute(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
+
+
+def setup(machine: Machine, plan: Plan) -> dict[str, str]:
+    """Start Redis and make the database; return the environment every process of ours gets."""
+    import psycopg
+
+    redis_port = free_port()
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed (Debian: apt-get install redis-server).")
+    machine.start(
+        [binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--maxclients", "30000", "--dir", str(machine.workdir)],
+    )  # fmt: skip
+    wait_port(redis_port)
+    machine.database = f"bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_URL, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f"CREATE DATABASE {machine.database}")
+    database_url = urlunsplit(urlsplit(PG_URL)._replace(path=f"/{machine.database}"))
+    env = {
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DJANGO_DEBUG": "false",
+        "DJANGO_HTTPS": "false",  # plain HTTP on loopback
+        "DJANGO_SECRET_KEY": SECRET,
+        "DJANGO_STATIC_ROOT": str(machine.workdir / "static"),
+        "DATABASE_URL": database_url,
+        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "LOG_LEVEL": "WARNING",
+        "JWT_ACCESS_LIFETIME_SECONDS": "7200",
+        "WS_HEARTBEAT_SECONDS": "25",
+        "PYTHONUNBUFFERED": "1",
+    }
+    (machine.workdir / "static").mkdir()
+    subprocess.run([PYTHON, "manage.py", "migrate", "-v0"], cwd=ROOT, env={**os.environ, **env}, check=True)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO auth_user (password, is_superuser, username, first_name, last_name, email, is_staff,"
+            " is_active, date_joined) SELECT '!', false, 'bench' || i, '', '', '', false, true, now()"
+            " FROM generate_series(1, %s) i",
+            [max(plan.users, plan.idle_connections)],
+        )
+    return env
+
+
+def tokens(env: dict[str, str], count: int) -> list[tuple[int, str]]:
+    """Mint access tokens for the first ``count`` users, signed with the server's key."""
+    os.environ.update(env)
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from rest_framework_simplejwt.tokens import AccessToken
+
+    users = list(get_user_model()._default_manager.order_by("id")[:count])
+    return [(int(user.pk), str(AccessToken.for_user(user))) for user in users]
+
+
+def start_ours(machine: Machine, env: dict[str, str], layer: str) -> tuple[subprocess.Popen[Any], str]:
+    port = free_port()
+    server = machine.start(
+        [PYTHON, "-m", "config.server", "-b", "127.0.0.1", "-p", str(port)], {**env, "CHANNEL_LAYER": layer}
+    )
+    wait_port(port)
+    return server, f"ws://127.0.0.1:{port}/ws/notifications/"
+
+
+def start_raw(machine: Machine, env: dict[str, str]) -> tuple[subprocess.Popen[Any], str]:
+    port = free_port()
+    server = machine.start(
+        [PYTHON, str(BENCH / "raw_forwarder.py"), "--port", str(port), "--redis", env["REDIS_URL"]],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    wait_line(server, "READY", 30)
+    return server, f"ws://127.0.0.1:{port}/"
+
+
+def load(
+    machine: Machine, env: dict[str, str], *, mode: str, url: str, users: list[tuple[int, str | None]],
+    rate: float, seconds: float, layer: str = "pubsub",
+) -> dict[str, Any]:  # fmt: skip
+    """Connect the users, emit for ``seconds`` at ``rate`` (0: flat out), and count what arrived."""
+    tag = uuid.uuid4().hex[:8]
+    tokens_file, clients_out, sent_out = (machine.workdir / f"{tag}.{name}.json" for name in ("tokens", "recv", "sent"))
+    tokens_file.write_text(json.dumps(users))
+    clients = machine.start(
+        [PYTHON, str(BENCH / "clients.py"), "--url", url, "--tokens", str(tokens_file), "--out", str(clients_out)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    wait_line(clients, "READY", 120)
+    producer = [
+        PYTHON, str(BENCH / "producer.py"), "--mode", mode, "--users", ",".join(str(user) for user, _ in users),
+        "--rate", str(rate), "--seconds", str(seconds), "--out", str(sent_out), "--redis", env["REDIS_URL"],
+    ]  # fmt: skip
+    started = time.time()
+    subprocess.run(producer, cwd=ROOT, env={**os.environ, **env, "CHANNEL_LAYER": layer}, check=True, timeout=600)
+    sent = json.loads(sent_out.read_text())
+    assert clients.stdin is not None
+    clients.stdin.write(f"EXPECT {sent['sent']}\n")
+    clients.stdin.flush()
+    wait_line(clients, "DONE", 300)
+    received = json.loads(clients_out.read_text())
+    received.pop("seqs")
+    unique = received["received"] - received["duplicates"]
+    # From the first emit to the last arrival: a backlog still draining after
+    # the producer stopped counts against the rate.
+    span = max(received["last_received"] - started, sent["seconds"]) if unique else sent["seconds"]
+    return {
+        "sent": sent["sent"],
+        "emit_rate": round(sent["rate"], 1),
+        "received": received["received"],
+        "delivered_rate": round(unique / span, 1),
+        "lost": sent["sent"] - unique,
+        "duplicates": received["duplicates"],
+        "out_of_order": received["out_of_order"],
+        "latency_ms": received["latency_ms"],
+    }
+
+
+def idle(
+    machine: Machine, server: subprocess.Popen[Any], url: str, users: list[tuple[int, str | None]]
+) -> dict[str, Any]:
+    """Hold ``len(users)`` idle connections; measure the connect rate and the server's memory per connection."""
+    time.sleep(1)  # let the server settle after its last run
+    before = rss_kib(server.pid)
+    tag = uuid.uuid4().hex[:8]
+    tokens_file, clients_out = machine.workdir / f"{tag}.tokens.json", machine.workdir / f"{tag}.recv.json"
+    tokens_file.write_text(json.dumps(users))
+    clients = machine.start(
+        [PYTHON, str(BENCH / "clients.py"), "--url", url, "--tokens", str(tokens_file), "--out", str(clients_out)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    ready = wait_line(clients, "READY", 600).split()
+    time.sleep(1)
+    after = rss_kib(server.pid)
+    assert clients.stdin is not None
+    clients.stdin.write("STOP\n")
+    clients.stdin.flush()
+    wait_line(clients, "DONE", 300)
+    count, seconds = int(ready[1]), float(ready[2])
+    return {
+        "connections": count,
+        "connect_per_second": round(count / seconds, 1),
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "kib_per_connection": round((after - before) / count, 1),
+    }
+
+
+def drain(env: dict[str, str], count: int) -> dict[str, Any]:
+    """Publish ``count`` pending events with ``drain_events --once``; subtract the command's start-up."""
+    import psycopg
+
+    def timed() -> tuple[float, str]:
+        command = [PYTHON, "manage.py", "drain_events", "--once", "--min-age", "0"]
+        started = time.perf_counter()
+        done = subprocess.run(command, cwd=ROOT, env={**os.environ, **env}, check=True, capture_output=True, text=True)
+        return time.perf_counter() - started, done.stdout
+
+    empty, _ = timed()
+    with psycopg.connect(env["DATABASE_URL"], autocommit=True) as conn:
+        users = conn.execute("SELECT id FROM auth_user ORDER BY id LIMIT 1000").fetchall()
+        per_user = max(1, count // len(users))
+        conn.execute(
+            """
+            WITH u AS (SELECT id, row_number() OVER (ORDER BY id) AS k FROM auth_user ORDER BY id LIMIT %(users)s),
+                 s AS (SELECT COALESCE(MAX(last_seq), 0) AS base FROM notifications_stream)
+            INSERT INTO notifications_event (id, user_id, seq, event, run_id, agent, data, created_at,
+                                             publish_attempts, last_error)
+            SELECT gen_random_uuid(), u.id, s.base + n, 'agent_thinking', gen_random_uuid(), 'bench',
+                   jsonb_build_object('t', 0, 'i', n), now() - interval '1 minute', 0, ''
+            FROM u, s, generate_series(1, %(per_user)s) n
+            """,
+            {"users": len(users), "per_user": per_user},
+        )
+        conn.execute(
+            "INSERT INTO notifications_stream (user_id, last_seq, acked_seq, pruned_seq) "
+            "SELECT user_id, MAX(seq), 0, 0 FROM notifications_event GROUP BY user_id "
+            "ON CONFLICT (user_id) DO UPDATE SET last_seq = EXCLUDED.last_seq"
+        )
+        pending = conn.execute("SELECT count(*) FROM notifications_event WHERE published_at IS NULL").fetchone()
+    full, _output = timed()
+    with psycopg.connect(env["DATABASE_URL"], autocommit=True) as conn:
+        left = conn.execute("SELECT count(*) FROM notifications_event WHERE published_at IS NULL").fetchone()
+    published = int(pending[0]) - int(left[0])  # type: ignore[index]
+    return {
+        "events": published,
+        "left_pending": int(left[0]),  # type: ignore[index]
+        "seconds": round(full - empty, 3),
+        "per_second": round(published / max(full - empty, 1e-6), 1),
+    }
+
+
+def ratio(ours: float | None, raw: float | None) -> str:
+    return f"{ours / raw:.2f}" if ours and raw else "-"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", default=str(BENCH / "results.json"))
+    parser.add_argument("--check", action="store_true", help="Exit 1 if any run of ours lost, duplicated or reordered.")
+    args = parser.parse_args()
+    plan = QUICK if args.quick else FULL
+    raise_file_limit()
+    results: dict[str, Any] = {
+        "plan": plan.__dict__,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
+    }
+    machine = Machine(workdir=Path(tempfile.mkdtemp(prefix="bench-")))
+    try:
+        env = setup(machine, plan)
+        minted = tokens(env, max(plan.users, plan.idle_connections))
+        ours_users: list[tuple[int, str | None]] = list(minted[: plan.users])
+        raw_users: list[tuple[int, str | None]] = [(user, None) for user, _ in ours_users]
+
+        raw, raw_url = start_raw(machine, env)
+        results["raw"] = {
+            "max": load(machine, env, mode="raw", url=raw_url, users=raw_users, rate=0, seconds=plan.load_seconds)
+        }
+        for rate in plan.rates:
+            results["raw"][f"at_{rate}"] = load(
+                machine, env, mode="raw", url=raw_url, users=raw_users, rate=rate, seconds=plan.load_seconds
+            )
+        results["raw"]["idle"] = idle(
+            machine, raw, raw_url, [(user, None) for user, _ in minted[: plan.idle_connections]]
+        )
+        machine.stop(raw)
+
+        for layer in ("pubsub", "core"):
+            server, url = start_ours(machine, env, layer)
+            runs: dict[str, Any] = {
+                "max": load(
+                    machine, env, mode="ours", url=url, users=ours_users, rate=0, seconds=plan.load_seconds, layer=layer
+                )
+            }
+            for rate in plan.rates:
+                runs[f"at_{rate}"] = load(
+                    machine,
+                    env,
+                    mode="ours",
+                    url=url,
+                    users=ours_users,
+                    rate=rate,
+                    seconds=plan.load_seconds,
+                    layer=layer,
+                )
+            if layer == "pubsub":
+                runs["idle"] = idle(machine, server, url, list(minted[: plan.idle_connections]))
+            machine.stop(server)
+            results[f"ours_{layer}"] = runs
+        results["drain"] = drain(env, plan.drain_events)
+    finally:
+        machine.close()
+        shutil.rmtree(machine.workdir, ignore_errors=True)
+
+    Path(args.json).write_text(json.dumps(results, indent=2))
+    report(results, plan)
+    print(f"\nAll figures: {args.json}")
+    if args.check:
+        bad = [
+            f"{name}.{run}"
+            for name in ("ours_pubsub", "ours_core")
+            for run, figures in results[name].items()
+            if run != "idle" and (figures["lost"] or figures["duplicates"] or figures["out_of_order"])
+        ]
+        if bad:
+            raise SystemExit(f"Lost, duplicated or out-of-order events in: {', '.join(bad)}")
+
+
+def report(results: dict[str, Any], plan: Plan) -> None:
+    ours, core, raw = results["ours_pubsub"], results["ours_core"], results["raw"]
+    print(f"\n{plan.users} users, {plan.load_seconds:g} s per run, {results['machine']['cpus']} CPUs\n")
+    print(f"{'':44} {'ours (pubsub)':>14} {'ours (core)':>12} {'raw':>10} {'ours/raw':>9}")
+
+    def row(label: str, key: str, pick: Any) -> None:
+        values = [pick(run[key]) if key in run else None for run in (ours, core, raw)]
+        shown = [f"{v:,.1f}" if isinstance(v, float) else (f"{v:,}" if isinstance(v, int) else "-") for v in values]
+        print(f"{label:44} {shown[0]:>14} {shown[1]:>12} {shown[2]:>10} {ratio(values[0], values[2]):>9}")
+
+    row("delivered events/s, flat out", "max", lambda r: r["delivered_rate"])
+    row("  lost / duplicated / out of order", "max", lambda r: r["lost"] + r["duplicates"] + r["out_of_order"])
+    row("  p99 latency ms, flat out", "max", lambda r: r["latency_ms"]["p99"])
+    for rate in plan.rates:
+        row(f"p50 latency ms at {rate}/s", f"at_{rate}", lambda r: r["latency_ms"]["p50"])
+        row(f"p99 latency ms at {rate}/s", f"at_{rate}", lambda r: r["latency_ms"]["p99"])
+        row(f"max latency ms at {rate}/s", f"at_{rate}", lambda r: r["latency_ms"]["max"])
+        row(f"  emitted/s (asked {rate})", f"at_{rate}", lambda r: r["emit_rate"])
+        row(
+            "  lost / duplicated / out of order",
+            f"at_{rate}",
+            lambda r: r["lost"] + r["duplicates"] + r["out_of_order"],
+        )
+    row("idle connections held", "idle", lambda r: r["connections"])
+    row("  connects/s", "idle", lambda r: r["connect_per_second"])
+    row("  server KiB per connection", "idle", lambda r: r["kib_per_connection"])
+    drain = results["drain"]
+    label = "drain_events: pending events published/s"
+    print(f"{label:44} {drain['per_second']:>14,.1f}   ({drain['events']:,} in {drain['seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()
