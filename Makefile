@@ -42,4 +42,4 @@ bench: setup
 	$(BIN)/python bench/run.py --json bench/results.json
 
 bench-quick: setup
-	$(BIN)/python bench/run.py --quick --check --json $(or $(BENCH_JSON),/tmp/bench-quick.json)
+	timeout 600 $(BIN)/python bench/run.py --quick --check --json $(or $(BENCH_JSON),/tmp/bench-quick.json)

@@ -24,6 +24,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 CONNECT_CONCURRENCY = 200
@@ -33,8 +34,10 @@ OPEN_TIMEOUT_SECONDS = 60.0
 class Tally:
     def __init__(self) -> None:
         self.seqs: dict[int, list[int]] = defaultdict(list)
+        self.distinct_seqs: dict[int, set[int]] = defaultdict(set)
         self.latencies: list[float] = []
         self.received = 0
+        self.distinct = 0
         self.first = 0.0
         self.last = 0.0
 
@@ -44,6 +47,9 @@ class Tally:
         self.first = self.first or now
         self.last = now
         self.seqs[user_id].append(frame["seq"])
+        if frame["seq"] not in self.distinct_seqs[user_id]:
+            self.distinct_seqs[user_id].add(frame["seq"])
+            self.distinct += 1
         self.latencies.append(now - frame["data"]["t"])
 
 
@@ -117,15 +123,23 @@ async def main() -> None:
     readers = [asyncio.create_task(receive(ws, user, tally)) for ws, (user, _) in zip(sockets, users, strict=True)]
     print(f"READY {len(sockets)} {connect_seconds:.3f}", flush=True)
     loop = asyncio.get_running_loop()
-    # "EXPECT n": wait until n events came, or until none came for --idle seconds; then stop.
-    command = await loop.run_in_executor(None, sys.stdin.readline)
+    # "OPEN": how many connections are open now. "EXPECT n": wait until n distinct
+    # events came (or none came for --idle seconds), then let every connection
+    # flush what is already on its way (a ping's pong comes after it), then stop.
+    while (command := await loop.run_in_executor(None, sys.stdin.readline)).startswith("OPEN"):
+        print(f"OPEN {sum(1 for ws in sockets if ws.state is State.OPEN)}", flush=True)
     if command.startswith("EXPECT"):
         expected = int(command.split()[1])
         seen, quiet_since = -1, time.monotonic()
-        while tally.received < expected and time.monotonic() - quiet_since < args.idle:
+        while tally.distinct < expected and time.monotonic() - quiet_since < args.idle:
             if tally.received != seen:
                 seen, quiet_since = tally.received, time.monotonic()
             await asyncio.sleep(0.02)
+        pongs = await asyncio.gather(*(ws.ping() for ws in sockets), return_exceptions=True)
+        await asyncio.wait_for(
+            asyncio.gather(*(pong for pong in pongs if isinstance(pong, asyncio.Future)), return_exceptions=True),
+            timeout=30,
+        )
     await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
     await asyncio.gather(*readers, return_exceptions=True)
     with open(args.out, "w") as out:

@@ -5,9 +5,15 @@
 
 ``ours`` records each event through the product's entry point
 (``notifications.services.aevent_record``: written to the log, then
-published); ``raw`` publishes to Redis for the raw forwarder. Each event's
-data carries ``t``, the emit time, for the clients' latency. ``--rate 0``
-emits as fast as it can. Writes what it sent: count, seconds, achieved rate.
+published); ``raw`` publishes to Redis for the raw forwarder. ``--rate 0``
+emits as fast as it can.
+
+Each event's data carries ``t`` for the clients' latency. At a fixed rate
+``t`` is when the event was due, not when the producer got to it, so a
+producer that falls behind shows as latency instead of hiding it (an open
+loop). It also carries ``r``, this run's tag, so the orchestrator can find
+exactly this run's events in the log. Writes what it sent: count, seconds,
+achieved rate, the wall-clock time of the first emit, and per user count.
 """
 
 import argparse
@@ -17,13 +23,16 @@ import os
 import sys
 import time
 import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 IN_FLIGHT = 32  # concurrent emits; beyond this the producer is saturated and falls behind
 
+Emit = Callable[[int, int, float], Awaitable[None]]
 
-async def emit_ours(users: list[int], rate: float, seconds: float) -> tuple[int, float]:
+
+async def emit_ours(users: list[int], rate: float, seconds: float, tag: str) -> dict[str, object]:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     import django
@@ -33,10 +42,9 @@ async def emit_ours(users: list[int], rate: float, seconds: float) -> tuple[int,
 
     run_id = uuid.uuid4()
 
-    async def one(user_id: int, index: int) -> None:
-        await aevent_record(
-            user_id=user_id, event="agent_thinking", run_id=run_id, agent="bench", data={"t": time.time(), "i": index}
-        )
+    async def one(user_id: int, index: int, stamp: float) -> None:
+        data = {"t": stamp, "i": index, "r": tag}
+        await aevent_record(user_id=user_id, event="agent_thinking", run_id=run_id, agent="bench", data=data)
 
     try:
         return await pace(users, rate, seconds, one)
@@ -44,15 +52,15 @@ async def emit_ours(users: list[int], rate: float, seconds: float) -> tuple[int,
         await alayer_close()
 
 
-async def emit_raw(redis_url: str, users: list[int], rate: float, seconds: float) -> tuple[int, float]:
+async def emit_raw(redis_url: str, users: list[int], rate: float, seconds: float, tag: str) -> dict[str, object]:
     from redis import asyncio as aioredis
 
     client = aioredis.Redis.from_url(redis_url)
     seqs = dict.fromkeys(users, 0)
 
-    async def one(user_id: int, index: int) -> None:
+    async def one(user_id: int, index: int, stamp: float) -> None:
         seqs[user_id] += 1
-        frame = {"type": "event", "seq": seqs[user_id], "data": {"t": time.time(), "i": index}}
+        frame = {"type": "event", "seq": seqs[user_id], "data": {"t": stamp, "i": index, "r": tag}}
         await client.publish(f"raw:{user_id}", json.dumps(frame))
 
     try:
@@ -61,32 +69,42 @@ async def emit_raw(redis_url: str, users: list[int], rate: float, seconds: float
         await client.aclose()
 
 
-async def pace(users: list[int], rate: float, seconds: float, one: Any) -> tuple[int, float]:
-    """Call ``one`` ``rate`` times a second (round-robin over users) for ``seconds``; return (count, elapsed)."""
+async def pace(users: list[int], rate: float, seconds: float, one: Emit) -> dict[str, object]:
+    """Call ``one`` ``rate`` times a second (round-robin over users) for ``seconds``."""
     gate = asyncio.Semaphore(IN_FLIGHT)
     tasks: set[asyncio.Task[None]] = set()
+    per_user: Counter[int] = Counter()
     count = 0
-    started = time.perf_counter()
+    started, wall_start = time.perf_counter(), time.time()
     deadline = started + seconds
 
-    async def guarded(user_id: int, index: int) -> None:
+    async def guarded(user_id: int, index: int, stamp: float) -> None:
         try:
-            await one(user_id, index)
+            await one(user_id, index, stamp)
         finally:
             gate.release()
 
     while (now := time.perf_counter()) < deadline:
-        if rate:
-            due = started + count / rate
-            if due > now:
-                await asyncio.sleep(due - now)
+        due = started + count / rate if rate else now
+        if due > now:
+            await asyncio.sleep(due - now)
         await gate.acquire()
-        task = asyncio.create_task(guarded(users[count % len(users)], count))
+        stamp = wall_start + (due - started) if rate else time.time()
+        user_id = users[count % len(users)]
+        task = asyncio.create_task(guarded(user_id, count, stamp))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+        per_user[user_id] += 1
         count += 1
     await asyncio.gather(*tasks)
-    return count, time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    return {
+        "sent": count,
+        "seconds": elapsed,
+        "rate": count / elapsed,
+        "first_emit": wall_start,
+        "per_user": {str(user): n for user, n in per_user.items()},
+    }
 
 
 def main() -> None:
@@ -96,15 +114,16 @@ def main() -> None:
     parser.add_argument("--rate", type=float, required=True)
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--redis", default="")
+    parser.add_argument("--tag", required=True, help="Marks this run's events.")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     users = [int(user) for user in args.users.split(",")]
     if args.mode == "ours":
-        count, elapsed = asyncio.run(emit_ours(users, args.rate, args.seconds))
+        sent = asyncio.run(emit_ours(users, args.rate, args.seconds, args.tag))
     else:
-        count, elapsed = asyncio.run(emit_raw(args.redis, users, args.rate, args.seconds))
+        sent = asyncio.run(emit_raw(args.redis, users, args.rate, args.seconds, args.tag))
     with open(args.out, "w") as out:
-        json.dump({"sent": count, "seconds": elapsed, "rate": count / elapsed}, out)
+        json.dump(sent, out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """End-to-end benchmark: ours beside the raw limit, on this machine.
 
-    .venv/bin/python bench/run.py            # the full run (about 5 minutes)
+    .venv/bin/python bench/run.py            # the full run (about 10 minutes)
     .venv/bin/python bench/run.py --quick    # a small one (well under a minute), as CI runs it
 
 It starts its own redis-server and a PostgreSQL database of its own (on the
@@ -19,6 +19,7 @@ import os
 import platform
 import resource
 import secrets
+import select
 import shutil
 import socket
 import subprocess
@@ -50,6 +51,7 @@ class Plan:
 
 FULL = Plan(users=1000, load_seconds=10, rates=(500, 2000), idle_connections=10_000, drain_events=50_000)
 QUICK = Plan(users=50, load_seconds=2, rates=(200,), idle_connections=200, drain_events=2000)
+FEW_USERS = 8
 
 
 def free_port() -> int:
@@ -71,14 +73,17 @@ def rss_kib(pid: int) -> int:
 
 
 def wait_line(process: subprocess.Popen[str], prefix: str, timeout: float) -> str:
-    """Read the child's stdout until a line starting with ``prefix``."""
+    """Read the child's stdout until a line starting with ``prefix``; every wait is bounded."""
     assert process.stdout is not None
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while (remaining := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([process.stdout], [], [], remaining)
+        if not ready:
+            break
         line = process.stdout.readline()
         if line.startswith(prefix):
             return line.strip()
-        if not line and process.poll() is not None:
+        if not line:
             break
     raise RuntimeError(f"{process.args!r} gave no {prefix!r} line within {timeout}s (exit {process.poll()})")
 
@@ -230,8 +235,8 @@ def load(
     producer = [
         PYTHON, str(BENCH / "producer.py"), "--mode", mode, "--users", ",".join(str(user) for user, _ in users),
         "--rate", str(rate), "--seconds", str(seconds), "--out", str(sent_out), "--redis", env["REDIS_URL"],
+        "--tag", tag,
     ]  # fmt: skip
-    started = time.time()
     with open(machine.workdir / f"{tag}.producer.log", "wb") as log:
         subprocess.run(
             producer, cwd=ROOT, env={**os.environ, **env, "CHANNEL_LAYER": layer}, check=True, timeout=600, stdout=log,
@@ -243,28 +248,50 @@ def load(
     clients.stdin.flush()
     wait_line(clients, "DONE", 300 + idle_seconds)
     received = json.loads(clients_out.read_text())
-    received.pop("seqs")
-    unique = received["received"] - received["duplicates"]
+    got = {int(user): set(seqs) for user, seqs in received.pop("seqs").items()}
+    expected, pending = expected_seqs(env, mode=mode, tag=tag, sent=sent)
+    # Per user: every expected seq arrived, and nothing else did.
+    lost = sum(len(seqs - got.get(user, set())) for user, seqs in expected.items())
+    unexpected = sum(len(seqs - expected.get(user, set())) for user, seqs in got.items())
+    unique = sum(len(seqs) for seqs in got.values())
     # From the first emit to the last arrival: a backlog still draining after
     # the producer stopped counts against the rate.
-    span = max(received["last_received"] - started, sent["seconds"]) if unique else sent["seconds"]
+    span = max(received["last_received"] - sent["first_emit"], sent["seconds"]) if unique else sent["seconds"]
     return {
+        "users": len(users),
         "sent": sent["sent"],
+        "logged": sum(len(seqs) for seqs in expected.values()),
+        "left_pending": pending,
         "emit_rate": round(sent["rate"], 1),
         "received": received["received"],
         "delivered_rate": round(unique / span, 1),
-        "lost": sent["sent"] - unique,
+        "lost": lost,
+        "unexpected": unexpected,
         "duplicates": received["duplicates"],
         "out_of_order": received["out_of_order"],
         "latency_ms": received["latency_ms"],
     }
 
 
-def idle(
-    machine: Machine, server: subprocess.Popen[Any], url: str, users: list[tuple[int, str | None]]
-) -> dict[str, Any]:
-    """Hold ``len(users)`` idle connections; measure the connect rate and the server's memory per connection."""
-    time.sleep(1)  # let the server settle after its last run
+def expected_seqs(env: dict[str, str], *, mode: str, tag: str, sent: dict[str, Any]) -> tuple[dict[int, set[int]], int]:
+    """What each user should receive: this run's events in the log (ours) or 1..n (raw); and how many are pending."""
+    if mode == "raw":
+        return {int(user): set(range(1, n + 1)) for user, n in sent["per_user"].items()}, 0
+    import psycopg
+
+    with psycopg.connect(env["DATABASE_URL"]) as conn:
+        rows = conn.execute(
+            "SELECT user_id, array_agg(seq), count(*) FILTER (WHERE published_at IS NULL) "
+            "FROM notifications_event WHERE data->>'r' = %s GROUP BY user_id",
+            [tag],
+        ).fetchall()
+    return {int(user): set(seqs) for user, seqs, _ in rows}, sum(int(left) for *_, left in rows)
+
+
+def idle(machine: Machine, start: Any, users: list[tuple[int, str | None]]) -> dict[str, Any]:
+    """Hold ``len(users)`` idle connections to a fresh server; measure connects/s and its memory per open one."""
+    server, url = start()
+    time.sleep(1)  # let it settle after start-up
     before = rss_kib(server.pid)
     tag = uuid.uuid4().hex[:8]
     tokens_file, clients_out = machine.workdir / f"{tag}.tokens.json", machine.workdir / f"{tag}.recv.json"
@@ -276,19 +303,24 @@ def idle(
         text=True,
     )
     ready = wait_line(clients, "READY", 600).split()
-    time.sleep(1)
-    after = rss_kib(server.pid)
+    time.sleep(2)  # idle: no events, only the server's own timers
     assert clients.stdin is not None
+    clients.stdin.write("OPEN\n")
+    clients.stdin.flush()
+    still_open = int(wait_line(clients, "OPEN", 60).split()[1])
+    after = rss_kib(server.pid)
     clients.stdin.write("STOP\n")
     clients.stdin.flush()
     wait_line(clients, "DONE", 300)
+    machine.stop(server)
     count, seconds = int(ready[1]), float(ready[2])
     return {
         "connections": count,
+        "open_when_measured": still_open,
         "connect_per_second": round(count / seconds, 1),
         "rss_before_kib": before,
         "rss_after_kib": after,
-        "kib_per_connection": round((after - before) / count, 1),
+        "kib_per_connection": round((after - before) / max(still_open, 1), 1),
     }
 
 
@@ -336,6 +368,12 @@ def drain(env: dict[str, str], count: int) -> dict[str, Any]:
     }
 
 
+def wrong(figures: dict[str, Any]) -> int:
+    """Everything a run got wrong: lost, unexpected, duplicated, out-of-order and still-pending events."""
+    keys = ("lost", "unexpected", "duplicates", "out_of_order", "left_pending")
+    return int(sum(figures[key] for key in keys))
+
+
 def ratio(ours: float | None, raw: float | None) -> str:
     return f"{ours / raw:.2f}" if ours and raw else "-"
 
@@ -359,41 +397,32 @@ def main() -> None:
         ours_users: list[tuple[int, str | None]] = list(minted[: plan.users])
         raw_users: list[tuple[int, str | None]] = [(user, None) for user, _ in ours_users]
 
-        raw, raw_url = start_raw(machine, env)
-        results["raw"] = {
-            "max": load(machine, env, mode="raw", url=raw_url, users=raw_users, rate=0, seconds=plan.load_seconds)
-        }
-        for rate in plan.rates:
-            results["raw"][f"at_{rate}"] = load(
-                machine, env, mode="raw", url=raw_url, users=raw_users, rate=rate, seconds=plan.load_seconds
-            )
-        results["raw"]["idle"] = idle(
-            machine, raw, raw_url, [(user, None) for user, _ in minted[: plan.idle_connections]]
-        )
-        machine.stop(raw)
+        def runs(mode: str, url: str, users: list[tuple[int, str | None]], layer: str = "pubsub") -> dict[str, Any]:
+            def one(rate: float, who: list[tuple[int, str | None]]) -> dict[str, Any]:
+                return load(
+                    machine, env, mode=mode, url=url, users=who, rate=rate, seconds=plan.load_seconds, layer=layer
+                )
 
+            figures = {"max": one(0, users)}
+            for rate in plan.rates:
+                figures[f"at_{rate}"] = one(rate, users)
+            # A few users flat out: many events of one user in flight at once, published out of order.
+            figures["few_users"] = one(0, users[:FEW_USERS])
+            return figures
+
+        raw, raw_url = start_raw(machine, env)
+        results["raw"] = runs("raw", raw_url, raw_users)
+        machine.stop(raw)
+        results["raw"]["idle"] = idle(
+            machine, lambda: start_raw(machine, env), [(user, None) for user, _ in minted[: plan.idle_connections]]
+        )
         for layer in ("pubsub", "core"):
             server, url = start_ours(machine, env, layer)
-            runs: dict[str, Any] = {
-                "max": load(
-                    machine, env, mode="ours", url=url, users=ours_users, rate=0, seconds=plan.load_seconds, layer=layer
-                )
-            }
-            for rate in plan.rates:
-                runs[f"at_{rate}"] = load(
-                    machine,
-                    env,
-                    mode="ours",
-                    url=url,
-                    users=ours_users,
-                    rate=rate,
-                    seconds=plan.load_seconds,
-                    layer=layer,
-                )
-            if layer == "pubsub":
-                runs["idle"] = idle(machine, server, url, list(minted[: plan.idle_connections]))
+            results[f"ours_{layer}"] = runs("ours", url, ours_users, layer)
             machine.stop(server)
-            results[f"ours_{layer}"] = runs
+        results["ours_pubsub"]["idle"] = idle(
+            machine, lambda: start_ours(machine, env, "pubsub"), list(minted[: plan.idle_connections])
+        )
         results["drain"] = drain(env, plan.drain_events)
     finally:
         machine.close()
@@ -407,10 +436,10 @@ def main() -> None:
             f"{name}.{run}"
             for name in ("ours_pubsub", "ours_core")
             for run, figures in results[name].items()
-            if run != "idle" and (figures["lost"] or figures["duplicates"] or figures["out_of_order"])
+            if run != "idle" and (wrong(figures) or figures["logged"] != figures["sent"])
         ]
         if bad:
-            raise SystemExit(f"Lost, duplicated or out-of-order events in: {', '.join(bad)}")
+            raise SystemExit(f"Lost, unexpected, duplicated, out-of-order or unpublished events in: {', '.join(bad)}")
 
 
 def report(results: dict[str, Any], plan: Plan) -> None:
@@ -424,19 +453,17 @@ def report(results: dict[str, Any], plan: Plan) -> None:
         print(f"{label:44} {shown[0]:>14} {shown[1]:>12} {shown[2]:>10} {ratio(values[0], values[2]):>9}")
 
     row("delivered events/s, flat out", "max", lambda r: r["delivered_rate"])
-    row("  lost / duplicated / out of order", "max", lambda r: r["lost"] + r["duplicates"] + r["out_of_order"])
+    row("  lost+unexpected+duplicated+out of order+pending", "max", wrong)
     row("  p99 latency ms, flat out", "max", lambda r: r["latency_ms"]["p99"])
     for rate in plan.rates:
         row(f"p50 latency ms at {rate}/s", f"at_{rate}", lambda r: r["latency_ms"]["p50"])
         row(f"p99 latency ms at {rate}/s", f"at_{rate}", lambda r: r["latency_ms"]["p99"])
         row(f"max latency ms at {rate}/s", f"at_{rate}", lambda r: r["latency_ms"]["max"])
         row(f"  emitted/s (asked {rate})", f"at_{rate}", lambda r: r["emit_rate"])
-        row(
-            "  lost / duplicated / out of order",
-            f"at_{rate}",
-            lambda r: r["lost"] + r["duplicates"] + r["out_of_order"],
-        )
-    row("idle connections held", "idle", lambda r: r["connections"])
+        row("  lost+unexpected+duplicated+out of order+pending", f"at_{rate}", wrong)
+    row(f"delivered events/s, {FEW_USERS} users flat out", "few_users", lambda r: r["delivered_rate"])
+    row("  lost+unexpected+duplicated+out of order+pending", "few_users", wrong)
+    row("idle connections held (open when measured)", "idle", lambda r: r["open_when_measured"])
     row("  connects/s", "idle", lambda r: r["connect_per_second"])
     row("  server KiB per connection", "idle", lambda r: r["kib_per_connection"])
     drain = results["drain"]

@@ -264,7 +264,13 @@ async def _amark_published(*, event_id: uuid.UUID) -> None:
             return  # An earlier holder of the lock wrote it.
         ids = list(marks.ids)
         marks.ids.clear()
-        await _amark(_events_mark_published, event_ids=ids)
+        try:
+            await _amark(_events_mark_published, event_ids=ids)
+        except BaseException:
+            # Cancelled mid-write (a run cancelled at shutdown, say): put the ids
+            # back for the next holder, or the events would stay pending for nothing.
+            marks.ids.update(ids)
+            raise
 
 
 def _event_mark_failed(*, event_id: uuid.UUID, attempts: int, reason: str) -> None:
