@@ -26,6 +26,17 @@ from config.settings import redis_channel_layers
 from tests.servers import ROOT, DaphneServer, RedisServer, database_url
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# The events of a two-step ``demo`` run, in order.
+LIFECYCLE_OF_TWO_STEPS = [
+    "agent_started",
+    "agent_thinking",
+    "tool_executing",
+    "tool_completed",
+    "agent_thinking",
+    "tool_executing",
+    "tool_completed",
+    "agent_completed",
+]
 SESSION_PREFIX = f"test{uuid.uuid4().hex[:8]}"
 
 

@@ -21,21 +21,11 @@ import psycopg
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import SESSION_PREFIX, manage
+from tests.conftest import LIFECYCLE_OF_TWO_STEPS, SESSION_PREFIX, manage
 from tests.servers import ROOT, DaphneServer, LineReader, RedisServer, free_port
 from tests.wsclient import Client, ws_connect
 
 PASSWORD = "scale-out-password"
-LIFECYCLE_OF_TWO_STEPS = [
-    "agent_started",
-    "agent_thinking",
-    "tool_executing",
-    "tool_completed",
-    "agent_thinking",
-    "tool_executing",
-    "tool_completed",
-    "agent_completed",
-]
 
 pytestmark = pytest.mark.e2e
 

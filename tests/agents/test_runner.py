@@ -15,6 +15,7 @@ from agents.services import arun_cancel, arun_start, run_create, runs_reap_lost
 from agents.supervisor import SupervisorClosed, supervisor
 from notifications.models import Event
 from tests.agents.conftest import assert_lifecycle, run_events, saved_contexts
+from tests.conftest import LIFECYCLE_OF_TWO_STEPS
 
 aevents = sync_to_async(run_events)
 
@@ -27,16 +28,7 @@ async def finished(run: AgentRun) -> tuple[AgentRun, list[tuple[str, dict[str, A
 async def test_demo_runs_its_steps_in_lifecycle_order(alice: Any) -> None:
     run = await arun_start(user_id=alice.pk, agent="demo", input={"steps": 2, "delay": 0})
     run, events = await finished(run)
-    assert [name for name, _ in events] == [
-        "agent_started",
-        "agent_thinking",
-        "tool_executing",
-        "tool_completed",
-        "agent_thinking",
-        "tool_executing",
-        "tool_completed",
-        "agent_completed",
-    ]
+    assert [name for name, _ in events] == LIFECYCLE_OF_TWO_STEPS
     assert_lifecycle(events)
     assert events[0][1] == {"input": {"steps": 2, "delay": 0, "fail": False}}
     assert events[1][1]["step"] == 1 and "Step 1 of 2" in events[1][1]["thought"]

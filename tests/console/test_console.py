@@ -20,19 +20,10 @@ from agents.models import AgentRun
 from agents.services import run_create
 from notifications.models import Event
 from notifications.services import event_record
+from tests.conftest import LIFECYCLE_OF_TWO_STEPS
 from tests.console.conftest import ConsolePage, console_env
 from tests.servers import DaphneServer
 
-LIFECYCLE_OF_TWO_STEPS = [
-    "agent_started",
-    "agent_thinking",
-    "tool_executing",
-    "tool_completed",
-    "agent_thinking",
-    "tool_executing",
-    "tool_completed",
-    "agent_completed",
-]
 # What a browser reports while its server is down.
 SERVER_DOWN_ERRORS = ["WebSocket connection to", "Failed to load resource", "ERR_CONNECTION_REFUSED"]
 
