@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -152,6 +153,28 @@ def daphne_factory(
     yield start
     for server in servers:
         server.stop()
+    sessions_gone(connection.settings_dict)
+
+
+def sessions_gone(settings_dict: dict[str, Any], *, timeout: float = 15.0) -> None:
+    """Wait until no other process is connected to the test database (PostgreSQL), so it can be dropped.
+
+    A server's pooled connections close when it exits, but PostgreSQL ends
+    their backends a moment later; dropping the database in that moment fails.
+    """
+    if not settings_dict["ENGINE"].endswith("postgresql"):
+        return
+    connections.close_all()
+    connection.close_pool()  # type: ignore[attr-defined]  # (PostgreSQL: this process's own pool)
+    name = settings_dict["NAME"]
+    server_url = database_url({**settings_dict, "NAME": "postgres"})
+    with psycopg.connect(server_url, autocommit=True, connect_timeout=5) as admin:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+        deadline = time.monotonic() + timeout
+        while (row := admin.execute(query, [name]).fetchone()) is not None and int(row[0]) > 0:
+            if time.monotonic() > deadline:
+                return  # (the teardown will name what is still connected)
+            time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")
