@@ -153,28 +153,6 @@ def daphne_factory(
     yield start
     for server in servers:
         server.stop()
-    sessions_gone(connection.settings_dict)
-
-
-def sessions_gone(settings_dict: dict[str, Any], *, timeout: float = 15.0) -> None:
-    """Wait until no other process is connected to the test database (PostgreSQL), so it can be dropped.
-
-    A server's pooled connections close when it exits, but PostgreSQL ends
-    their backends a moment later; dropping the database in that moment fails.
-    """
-    if not settings_dict["ENGINE"].endswith("postgresql"):
-        return
-    connections.close_all()
-    connection.close_pool()  # type: ignore[attr-defined]  # (PostgreSQL: this process's own pool)
-    name = settings_dict["NAME"]
-    server_url = database_url({**settings_dict, "NAME": "postgres"})
-    with psycopg.connect(server_url, autocommit=True, connect_timeout=5) as admin:
-        query = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
-        deadline = time.monotonic() + timeout
-        while (row := admin.execute(query, [name]).fetchone()) is not None and int(row[0]) > 0:
-            if time.monotonic() > deadline:
-                return  # (the teardown will name what is still connected)
-            time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")
@@ -251,6 +229,35 @@ def collected_static(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fresh_rate_limits() -> None:
     """Start each test with no REST rate-limit counts (they live in this process's cache)."""
     cache.clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def released_test_database(django_db_setup: None) -> Iterator[None]:
+    """Before the test database is dropped, wait until nothing else is connected to it (PostgreSQL).
+
+    Torn down after every server fixture. A stopped server's backends end a
+    moment after its process; if a session is still there after the bound,
+    it is described on stderr (its last query says who left it) and ended,
+    so that the database can be dropped.
+    """
+    yield
+    settings_dict = connection.settings_dict
+    if not settings_dict["ENGINE"].endswith("postgresql"):
+        return
+    connections.close_all()
+    connection.close_pool()  # type: ignore[attr-defined]  # (this process's own pool)
+    others = (
+        "SELECT pid, backend_start::text, state, left(query, 200) FROM pg_stat_activity "
+        "WHERE datname = %s AND pid <> pg_backend_pid()"
+    )
+    server_url = database_url({**settings_dict, "NAME": "postgres"})
+    with psycopg.connect(server_url, autocommit=True, connect_timeout=5) as admin:
+        deadline = time.monotonic() + 10
+        while (rows := admin.execute(others, [settings_dict["NAME"]]).fetchall()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid, started, state, query in rows:
+            print(f"Still connected to the test database: pid {pid} since {started}, {state}: {query}", file=sys.stderr)
+            admin.execute("SELECT pg_terminate_backend(%s)", [pid])
 
 
 @pytest.fixture(scope="session", autouse=True)
