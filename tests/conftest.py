@@ -22,6 +22,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings as django_settings
 from django.core.cache import cache
 from django.db import connection, connections
+from django.test import Client
 
 from config.settings import redis_channel_layers
 from tests.servers import ROOT, DaphneServer, RedisServer, database_url
@@ -279,6 +280,15 @@ def server_log_clean(daphne: DaphneServer) -> Iterator[None]:
 
 
 # Users.
+
+
+@pytest.fixture
+def staff_client(django_user_model: Any, transactional_db: None) -> Client:
+    """Django's test client, logged in to the admin as a superuser."""
+    admin = django_user_model.objects.create_superuser("root", password=None)
+    client = Client()
+    client.force_login(admin)
+    return client
 
 
 @pytest.fixture

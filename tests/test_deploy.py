@@ -103,26 +103,10 @@ def test_a_production_server_redirects_to_https_sends_hsts_and_passes_its_health
     assert headers["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains; preload"
     assert get(f"{server.http_url}/", Host="attacker.example")[0] == 400
     # The image's HEALTHCHECK command, with the server's environment.
-    check = subprocess.run(
-        [sys.executable, "-m", "config.healthcheck", "--port", str(server.port)],
-        cwd=ROOT,
-        env=server.env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    check = healthcheck(server.port, server.env)
     assert check.returncode == 0, check.stderr
     server.stop()
-    down = subprocess.run(
-        [sys.executable, "-m", "config.healthcheck", "--port", str(server.port)],
-        cwd=ROOT,
-        env=server.env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    down = healthcheck(server.port, server.env)
     assert down.returncode == 1 and "healthcheck:" in down.stderr
 
 
@@ -225,7 +209,7 @@ def test_the_services_commands_run_as_written_on_the_host(
     command[command.index("-p") + 1] = str(port)
     with started(command, env_of("web")) as web:
         wait_for(
-            lambda: healthcheck(port, env_of("web")) == 0 or web.poll() is not None,
+            lambda: healthcheck(port, env_of("web")).returncode == 0 or web.poll() is not None,
             timeout=30,
             what="the web server's health check",
         )
@@ -249,9 +233,10 @@ def test_the_services_commands_run_as_written_on_the_host(
         assert pruner.wait(timeout=15) == 0
 
 
-def healthcheck(port: int, env: dict[str, str]) -> int:
+def healthcheck(port: int, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The image's HEALTHCHECK command, run on this host."""
     command = [sys.executable, "-m", "config.healthcheck", "--port", str(port)]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, timeout=30, check=False).returncode
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30, check=False)
 
 
 @contextmanager

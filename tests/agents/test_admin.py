@@ -5,7 +5,6 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -18,14 +17,6 @@ from notifications.models import Stream
 from tests.notifications.test_admin import make_event
 
 RUNS_URL = "/admin/agents/agentrun/"
-
-
-@pytest.fixture
-def staff_client(django_user_model: Any, transactional_db: None) -> Client:
-    admin = django_user_model.objects.create_superuser("root", password=None)
-    client = Client()
-    client.force_login(admin)
-    return client
 
 
 def make_run(user: Any, **fields: Any) -> AgentRun:

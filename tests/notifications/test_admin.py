@@ -19,14 +19,6 @@ from notifications.models import Event, Stream
 EVENTS_URL = "/admin/notifications/event/"
 
 
-@pytest.fixture
-def staff_client(django_user_model: Any, transactional_db: None) -> Client:
-    admin = django_user_model.objects.create_superuser("root", password=None)
-    client = Client()
-    client.force_login(admin)
-    return client
-
-
 def make_event(user: Any, seq: int, **fields: Any) -> Event:
     """A log row as the pipeline leaves it; fields override the defaults."""
     values: dict[str, Any] = {
