@@ -7,7 +7,6 @@ status, so it happens exactly once even if a reaper races the runner.
 """
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -19,7 +18,8 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
-from notifications.exceptions import InvalidEventData
+from notifications.exceptions import InvalidEventData, InvalidJson
+from notifications.jsonlimits import json_encoded_size
 from notifications.models import Event, EventType
 from notifications.services import aevent_record, aevents_record_if
 
@@ -270,8 +270,8 @@ async def run_execute(spec: AgentSpec, ctx: RunContext, timeout_seconds: float) 
 def _completed(result: Any) -> Outcome:
     """Completed, unless the result cannot travel in an event."""
     try:
-        size = len(json.dumps(result, allow_nan=False).encode())
-    except (TypeError, ValueError):
+        size = json_encoded_size(result, max_depth=settings.JSON_MAX_DEPTH)
+    except InvalidJson:
         return Outcome(RunStatus.FAILED, kind="exception", message="The agent returned a result that is not JSON.")
     if size > settings.EVENT_DATA_MAX_BYTES - RESULT_ENVELOPE_BYTES:
         return Outcome(RunStatus.FAILED, kind="exception", message="The agent returned a result that is too large.")

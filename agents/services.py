@@ -1,6 +1,5 @@
 """Start, cancel and reap agent runs."""
 
-import json
 import logging
 import uuid
 from datetime import timedelta
@@ -11,6 +10,8 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
+from notifications.exceptions import InvalidJson
+from notifications.jsonlimits import json_encoded_size
 from notifications.models import EventType
 from notifications.services import event_record
 
@@ -136,9 +137,9 @@ def runs_reap_lost_default() -> int:
 
 def _input_size_check(value: object) -> None:
     try:
-        size = len(json.dumps(value, allow_nan=False).encode())
-    except (TypeError, ValueError):
-        raise InvalidRunInput("input must be JSON.") from None
+        size = json_encoded_size(value, max_depth=settings.JSON_MAX_DEPTH)
+    except InvalidJson as exc:
+        raise InvalidRunInput(f"input must be JSON: {exc}") from None
     limit: int = settings.AGENT_INPUT_MAX_BYTES
     if size > limit:
         raise InvalidRunInput(f"input is {size} bytes; the limit is {limit}.")

@@ -119,6 +119,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost, so that it sees every error response under /api/, whoever made it.
+    "notifications.middleware.ApiErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -130,7 +132,7 @@ MIDDLEWARE = [
 if not DEBUG:
     # Static files in production: collected, hashed and compressed, served by
     # WhiteNoise. With debug on, config.asgi serves them from the apps instead.
-    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
+    MIDDLEWARE.insert(2, "whitenoise.middleware.WhiteNoiseMiddleware")
 
 ROOT_URLCONF = "config.urls"
 ASGI_APPLICATION = "config.asgi.application"
@@ -334,6 +336,11 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "notifications.parsers.LimitedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_PAGINATION_CLASS": None,
     "EXCEPTION_HANDLER": "notifications.throttles.api_exception_handler",
     # Rates per client address (sign-in, refresh) or per user (starting and cancelling runs).
@@ -386,6 +393,14 @@ WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 64 * 1024)
 # sends is at most this plus the envelope, well under WS_MAX_SERVER_FRAME_BYTES.
 EVENT_DATA_MAX_BYTES = env_int("EVENT_DATA_MAX_BYTES", 256 * 1024)
 WS_MAX_SERVER_FRAME_BYTES = EVENT_DATA_MAX_BYTES + 64 * 1024
+# How deeply arrays and objects may nest in JSON a client sends (REST bodies,
+# WebSocket frames, run input); deeper is refused with invalid_json. Event data
+# may nest a few levels more, for the envelopes that events put around a run's
+# input, a tool's arguments and an agent's result.
+JSON_MAX_DEPTH = env_int("JSON_MAX_DEPTH", 32)
+if not 1 <= JSON_MAX_DEPTH <= 200:
+    raise ImproperlyConfigured("JSON_MAX_DEPTH must be between 1 and 200.")
+EVENT_DATA_MAX_DEPTH = JSON_MAX_DEPTH + 8
 WS_RATE_LIMIT_MESSAGES = env_int("WS_RATE_LIMIT_MESSAGES", 20)
 WS_RATE_LIMIT_PER_SECONDS = env_float("WS_RATE_LIMIT_PER_SECONDS", 1.0)
 WS_RATE_LIMIT_BURST = env_int("WS_RATE_LIMIT_BURST", 40)

@@ -11,9 +11,10 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db.models import Model, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.utils.html import format_html
 
 from .drain import events_requeue
@@ -56,6 +57,20 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             return queryset.filter(**{self.uuid_search_field: uuid.UUID(term)}), False
         except ValueError:
             return queryset.filter(user__username=term), False
+
+    def response_action(
+        self, request: HttpRequest, queryset: QuerySet[Any], *args: Any, **kwargs: Any
+    ) -> HttpResponse | None:
+        """Run an action; a selection that names no valid row is refused with a message, not a 500.
+
+        Django filters on the posted ids as they are, so ids that are not
+        UUIDs raise ``ValidationError`` there.
+        """
+        try:
+            return super().response_action(request, queryset, *args, **kwargs)
+        except ValidationError:
+            self.message_user(request, "The selection holds ids that are not valid; nothing was done.", messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -27,3 +27,7 @@ class AuthenticationFailed(NotificationsError):
 
 class InvalidEventData(NotificationsError, ValueError):
     """The event's run id, agent or data cannot be stored."""
+
+
+class InvalidJson(NotificationsError, ValueError):
+    """A JSON document or value is malformed, nested too deeply, or not JSON at all."""

@@ -1,11 +1,11 @@
 """Parse and validate client-to-server WebSocket messages (docs/protocol.md)."""
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .exceptions import ProtocolError
+from .exceptions import InvalidJson, ProtocolError
+from .jsonlimits import json_parse
 
 REF_MAX_CHARS = 128
 TOKEN_MAX_CHARS = 4096
@@ -45,9 +45,9 @@ def client_message_parse(text: str, parsers: Mapping[str, Parser] | None = None)
     fields; it defaults to the base protocol's four types.
     """
     try:
-        content = json.loads(text)
-    except ValueError:
-        raise ProtocolError("invalid_json", "The frame is not valid JSON.") from None
+        content = json_parse(text)
+    except InvalidJson as exc:
+        raise ProtocolError("invalid_json", str(exc)) from None
     if not isinstance(content, dict):
         raise ProtocolError("invalid_message", "A message must be a JSON object.")
     kind = content.get("type")

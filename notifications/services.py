@@ -6,7 +6,6 @@ connections, which fill any gap from the log themselves.
 """
 
 import asyncio
-import json
 import logging
 import uuid
 import weakref
@@ -24,8 +23,9 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from .exceptions import InvalidEventData, InvalidEventType
+from .exceptions import InvalidEventData, InvalidEventType, InvalidJson
 from .frames import LayerEventMessage, event_frame_text
+from .jsonlimits import json_encoded_size
 from .models import Event, EventType, Stream
 
 logger = logging.getLogger(__name__)
@@ -182,10 +182,10 @@ def _event_validate(*, event: str, run_id: uuid.UUID | str, agent: str, data: ob
     if not isinstance(data, dict):
         raise InvalidEventData(f"data must be a JSON object, got {type(data).__name__}.")
     try:
-        encoded = json.dumps(data, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidEventData(f"data must be JSON-serialisable: {exc}") from None
-    if len(encoded.encode()) > settings.EVENT_DATA_MAX_BYTES:
+        size = json_encoded_size(data, max_depth=settings.EVENT_DATA_MAX_DEPTH)
+    except InvalidJson as exc:
+        raise InvalidEventData(f"data must be JSON: {exc}") from None
+    if size > settings.EVENT_DATA_MAX_BYTES:
         raise InvalidEventData(f"data must be at most {settings.EVENT_DATA_MAX_BYTES} bytes as JSON.")
     try:
         return run_id if isinstance(run_id, uuid.UUID) else uuid.UUID(str(run_id))

@@ -4,7 +4,7 @@ import logging
 from typing import Any
 
 from redis.exceptions import RedisError
-from rest_framework.exceptions import Throttled
+from rest_framework.exceptions import ParseError, Throttled
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
@@ -38,8 +38,12 @@ class WriteRateThrottle(ScopedThrottle):
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's handler, with a ``code`` on throttled answers as on the API's other errors (and the WebSocket's)."""
+    """DRF's handler, with a ``code`` on throttled and unparsable requests as on the API's other errors."""
     response = exception_handler(exc, context)
-    if isinstance(exc, Throttled) and response is not None:
+    if response is None:
+        return None  # Not an API exception: notifications.middleware answers in JSON.
+    if isinstance(exc, Throttled):
         response.data = {"code": "rate_limited", "detail": str(exc.detail)}
+    elif isinstance(exc, ParseError):
+        response.data = {"code": "invalid_json", "detail": str(exc.detail)}
     return response

@@ -1,5 +1,6 @@
 """Real processes for tests: a throwaway redis-server and a daphne running this project."""
 
+import json
 import os
 import re
 import select
@@ -8,7 +9,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -26,6 +31,42 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    status: int
+    headers: Message
+    body: bytes
+    seconds: float  # How long the answer took, request sent to body read.
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def http_request(
+    url: str,
+    *,
+    body: Any = None,
+    data: bytes | None = None,
+    token: str | None = None,
+    method: str | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> HttpAnswer:
+    """Make one HTTP request, with ``body`` as JSON or ``data`` as it is; any status is an answer."""
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    if token:
+        sent["Authorization"] = f"Bearer {token}"
+    payload = json.dumps(body).encode() if body is not None else data
+    request = urllib.request.Request(url, data=payload, headers=sent, method=method)
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return HttpAnswer(response.status, response.headers, response.read(), time.monotonic() - started)
+    except urllib.error.HTTPError as error:
+        with error:
+            return HttpAnswer(error.code, error.headers, error.read(), time.monotonic() - started)
 
 
 def wait_for(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:

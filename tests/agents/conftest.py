@@ -135,6 +135,34 @@ async def unsendable_args(ctx: RunContext, input: dict[str, Any]) -> None:
     await ctx.tool("test_echo", value={1, 2})
 
 
+def deeply_nested(depth: int) -> list[Any]:
+    """A list nested ``depth`` deep, built without recursion."""
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+@tool("test_make_deep", description="Return a list nested 5,000 deep.")
+def make_deep() -> object:
+    return deeply_nested(5_000)
+
+
+@agent("test_deep_result", description="Returns a list nested 5,000 deep.")
+async def deep_result(ctx: RunContext, input: dict[str, Any]) -> object:
+    return deeply_nested(5_000)
+
+
+@agent("test_deep_tool_args", description="Calls a tool with arguments nested 5,000 deep.")
+async def deep_tool_args(ctx: RunContext, input: dict[str, Any]) -> None:
+    await ctx.tool("test_echo", value=deeply_nested(5_000))
+
+
+@agent("test_deep_tool_result", description="Calls a tool whose result is nested 5,000 deep.")
+async def deep_tool_result(ctx: RunContext, input: dict[str, Any]) -> None:
+    await ctx.tool("test_make_deep")
+
+
 @agent("test_swallows_cancel", description="Catches its cancellation and returns as if done.")
 async def swallows_cancel(ctx: RunContext, input: dict[str, Any]) -> str:
     await ctx.think("Waiting.")

@@ -75,7 +75,8 @@ def test_exit_status_follows_the_outcome(alice: Any, args: tuple[str, ...], code
     [
         (("nope", "--user", "alice"), "Unknown agent 'nope'"),
         (("demo", "--user", "nobody"), "No user named 'nobody'."),
-        (("demo", "--user", "alice", "--input", "{not json"), "--input is not valid JSON"),
+        (("demo", "--user", "alice", "--input", "{not json"), "--input: Not valid JSON"),
+        (("demo", "--user", "alice", "--input", "[" * 5_000 + "]" * 5_000), "--input: JSON nested more than 32"),
         (("demo", "--user", "alice", "--input", "[1]"), "input must be a JSON object, got list."),
         (("demo", "--user", "alice", "--timeout", "-1"), "timeout must be a number of seconds above 0"),
     ],

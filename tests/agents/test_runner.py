@@ -281,7 +281,37 @@ async def test_unsendable_tool_args_are_refused_before_the_call(alice: Any) -> N
     run, events = await finished(run)
     assert_lifecycle(events)
     assert [name for name, _ in events] == ["agent_started", "agent_error"]
-    assert events[-1][1]["message"].startswith("Bad arguments for tool test_echo: data must be JSON-serialisable")
+    assert events[-1][1]["message"].startswith(
+        "Bad arguments for tool test_echo: data must be JSON: Not JSON-serialisable"
+    )
+
+
+async def test_deeply_nested_agent_output_ends_the_run_cleanly(alice: Any) -> None:
+    """Data nested far past EVENT_DATA_MAX_DEPTH never reaches the encoder's recursion."""
+    outcomes = {}
+    for agent in ("test_deep_result", "test_deep_tool_args", "test_deep_tool_result"):
+        run = await arun_start(user_id=alice.pk, agent=agent, input={})
+        run, events = await finished(run)
+        assert_lifecycle(events)
+        assert run.status == RunStatus.FAILED
+        outcomes[agent] = [(name, data.get("error") or data.get("message")) for name, data in events[1:]]
+    assert outcomes == {
+        "test_deep_result": [("agent_error", "The agent returned a result that is not JSON.")],
+        "test_deep_tool_args": [
+            (
+                "agent_error",
+                "Bad arguments for tool test_echo: data must be JSON: JSON nested more than 40 levels deep is refused.",
+            )
+        ],
+        "test_deep_tool_result": [
+            ("tool_executing", None),
+            ("tool_completed", "The tool returned a result that cannot be sent (not JSON, or too large)."),
+            (
+                "agent_error",
+                "Tool test_make_deep failed: The tool returned a result that cannot be sent (not JSON, or too large).",
+            ),
+        ],
+    }
 
 
 @pytest.mark.parametrize(("how", "kind"), [("timeout", "timeout"), ("cancel", "cancelled")])

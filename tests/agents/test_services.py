@@ -11,6 +11,7 @@ from agents.exceptions import InvalidRunInput, RunFinished, RunNotFound, TooMany
 from agents.models import AgentRun, RunStatus
 from agents.services import _cancel_request, run_create, runs_reap_lost
 from notifications.models import Event
+from tests.agents.conftest import deeply_nested
 
 
 @pytest.mark.parametrize(
@@ -26,6 +27,8 @@ from notifications.models import Event
         ("calculator", {}, None, InvalidRunInput, 'exactly one field, "expression"'),
         ("calculator", {"expression": "   "}, None, InvalidRunInput, "expression must be a non-empty string."),
         ("demo", {"pad": "x" * 20_000}, None, InvalidRunInput, "the limit is 16384"),
+        ("demo", {"x": deeply_nested(5_000)}, None, InvalidRunInput, "JSON nested more than 32 levels deep"),
+        ("demo", {"x": float("nan")}, None, InvalidRunInput, "input must be JSON: Not JSON-serialisable"),
         ("demo", {}, 0, InvalidRunInput, "timeout must be a number of seconds above 0 and at most 600."),
         ("demo", {}, 601, InvalidRunInput, "at most 600"),
         ("demo", {}, "10", InvalidRunInput, "timeout must be a number"),

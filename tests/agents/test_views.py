@@ -101,3 +101,18 @@ async def test_cancel_is_202_then_409_once_ended(alice: Any) -> None:
 async def test_runs_need_a_token(transactional_db: None) -> None:
     assert (await AsyncClient().get("/api/runs/")).status_code == 401
     assert (await AsyncClient().get("/api/agents/")).status_code == 401
+
+
+async def test_run_input_just_inside_the_depth_limit_reaches_the_agent(alice: Any, settings: Any) -> None:
+    # The body is one level around the input, the input one around its field.
+    inner = "[" * (settings.JSON_MAX_DEPTH - 2) + "]" * (settings.JSON_MAX_DEPTH - 2)
+    body = '{"agent": "calculator", "input": {"expression": ' + inner + "}}"
+    response = await client_for(alice).post("/api/runs/", body)
+    # Parsed and handed to the agent's validator, which wants a string.
+    assert response.status_code == 400
+    assert response.json() == {
+        "code": "invalid_message",
+        "detail": "Invalid input for calculator: expression must be a non-empty string.",
+    }
+    deeper = await client_for(alice).post("/api/runs/", body.replace("[", "[[", 1).replace("]", "]]", 1))
+    assert deeper.status_code == 400 and deeper.json()["code"] == "invalid_json"

@@ -185,3 +185,33 @@ def test_the_list_costs_the_same_queries_for_any_size_and_never_counts_the_whole
     assert len(many) == len(few), "a query per row: related objects are not in the page's query"
     counts = [sql for sql in many if "COUNT(" in sql.upper()]
     assert counts and all(re.search(rf"LIMIT {COUNT_LIMIT + 1}\b", sql) for sql in counts), counts
+
+
+HOSTILE_VALUES = ["", "'", '"; DROP TABLE x; --', "\x00", "%", "../../", "[" * 5_000, "x" * 10_000, "-1", "1e309", "☃"]
+
+
+@pytest.mark.parametrize(
+    "path", [EVENTS_URL, "/admin/agents/agentrun/", f"{EVENTS_URL}{uuid.uuid4()}/change/", "/admin/agents/agentrun/x/"]
+)
+def test_hostile_query_parameters_never_reach_a_500(staff_client: Client, path: str) -> None:
+    """Every filter, search, ordering and page parameter, given junk: an answer, never an error page."""
+    parameters = [
+        "q",
+        "state",
+        "event",
+        "agent",
+        "status",
+        "created_at__gte",
+        "created_at__lt",
+        "o",
+        "p",
+        "run_id",
+        "e",
+    ]
+    for name in parameters:
+        for value in HOSTILE_VALUES:
+            response = staff_client.get(path, {name: value})
+            assert response.status_code in {200, 302, 404}, (name, value[:20], response.status_code)
+    action = staff_client.post(EVENTS_URL, {"action": "requeue", "_selected_action": HOSTILE_VALUES}, follow=True)
+    assert action.status_code == 200
+    assert "The selection holds ids that are not valid; nothing was done." in action.content.decode()

@@ -17,7 +17,23 @@ pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("server_log_clean", "redi
 @pytest.mark.parametrize(
     ("frame", "code", "detail"),
     [
-        ("{not json", "invalid_json", "The frame is not valid JSON."),
+        (
+            "{not json",
+            "invalid_json",
+            "Not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
+        ),
+        ("[" * 3_000 + "]" * 3_000, "invalid_json", "JSON nested more than 32 levels deep is refused."),
+        (
+            '{"type": "ping", "ref": ' + '{"a": ' * 40 + "1" + "}" * 41,
+            "invalid_json",
+            "JSON nested more than 32 levels deep is refused.",
+        ),
+        (
+            '{"type": "run.start", "agent": "demo", "input": ' + "[" * 5_000 + "]" * 5_000 + "}",
+            "invalid_json",
+            "JSON nested more than 32 levels deep is refused.",
+        ),
+        ('{"type": "ping", "ref": NaN}', "invalid_json", "Not valid JSON: NaN is not a JSON value"),
         ("[1, 2]", "invalid_message", "A message must be a JSON object."),
         ('"ping"', "invalid_message", "A message must be a JSON object."),
         ("{}", "unknown_type", 'A message must have a "type" field.'),

@@ -13,7 +13,9 @@ from agents.exceptions import RunRefused
 from agents.models import AgentRun, RunStatus
 from agents.services import arun_start
 from agents.supervisor import supervisor
+from notifications.exceptions import InvalidJson
 from notifications.frames import event_frame
+from notifications.jsonlimits import json_parse
 from notifications.models import Event
 from notifications.services import alayer_close
 
@@ -43,9 +45,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, agent: str, user: str, input: str, timeout: float | None, **options: Any) -> None:
         try:
-            run_input = json.loads(input)
-        except ValueError as exc:
-            raise CommandError(f"--input is not valid JSON: {exc}", returncode=EXIT_USAGE) from None
+            run_input = json_parse(input)
+        except InvalidJson as exc:
+            raise CommandError(f"--input: {exc}", returncode=EXIT_USAGE) from None
         user_id = get_user_model()._default_manager.filter(username=user).values_list("pk", flat=True).first()
         if user_id is None:
             raise CommandError(f"No user named {user!r}.", returncode=EXIT_USAGE)

@@ -1,0 +1,62 @@
+"""notifications.jsonlimits: depth and size limits on JSON at the service's edges."""
+
+import json
+from typing import Any
+
+import pytest
+
+from notifications.exceptions import InvalidJson
+from notifications.jsonlimits import json_depth_check, json_encoded_size, json_parse
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def test_documents_at_the_limit_parse(settings: Any) -> None:
+    assert json_parse(nested(settings.JSON_MAX_DEPTH)) is not None
+    assert json_parse('{"a": {"b": [1, "x", null]}}') == {"a": {"b": [1, "x", None]}}
+
+
+@pytest.mark.parametrize("depth", [33, 5_000, 100_000])
+def test_deeper_documents_are_refused_without_a_recursion_error(depth: int, settings: Any) -> None:
+    assert settings.JSON_MAX_DEPTH == 32
+    with pytest.raises(InvalidJson, match="nested more than 32 levels"):
+        json_parse(nested(depth))
+
+
+def test_objects_count_as_levels_too() -> None:
+    text = '{"a":' * 3 + "1" + "}" * 3
+    assert json_parse(text, max_depth=3) == {"a": {"a": {"a": 1}}}
+    with pytest.raises(InvalidJson):
+        json_parse(text, max_depth=2)
+
+
+@pytest.mark.parametrize("text", ["", "{", "nul", '{"a": NaN}', "[Infinity]", "[-Infinity]", b"\xff\xfe"])
+def test_malformed_documents_and_non_json_constants_are_refused(text: str | bytes) -> None:
+    with pytest.raises(InvalidJson, match="Not valid JSON"):
+        json_parse(text)
+
+
+def test_depth_check_stops_on_a_cycle() -> None:
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(InvalidJson):
+        json_depth_check(loop, max_depth=10)
+
+
+def test_depth_check_walks_wide_values_and_tuples() -> None:
+    json_depth_check({"a": [1] * 10_000, "b": ({"c": 1},)}, max_depth=3)
+    with pytest.raises(InvalidJson):
+        json_depth_check({"a": [1] * 10_000, "b": ({"c": []},)}, max_depth=3)
+
+
+def test_encoded_size_is_compact_utf8_and_refuses_what_is_not_json() -> None:
+    value = {"text": "é", "n": [1, 2]}
+    assert json_encoded_size(value, max_depth=2) == len(
+        json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    )
+    bad_values: list[dict[str, Any]] = [{"x": float("nan")}, {"x": object()}, {"x": [[[]]]}]
+    for bad in bad_values:
+        with pytest.raises(InvalidJson):
+            json_encoded_size(bad, max_depth=3)
