@@ -18,6 +18,10 @@ class UnknownTool(ToolError):
     """An agent called a tool that is not registered; ends the run with kind ``not_found``."""
 
 
+class EventsUnavailable(AgentError):
+    """The run's events cannot be recorded (the database is down); the run ends as ``unavailable``."""
+
+
 class LifecycleError(AgentError):
     """An agent emitted out of lifecycle order: a programming error in the agent."""
 

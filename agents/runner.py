@@ -7,6 +7,7 @@ status, so it happens exactly once even if a reaper races the runner.
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -23,7 +24,7 @@ from notifications.jsonlimits import json_encoded_size
 from notifications.models import Event, EventType
 from notifications.services import aevent_record, aevents_record_if
 
-from .exceptions import AgentError, ToolError, UnknownTool
+from .exceptions import AgentError, EventsUnavailable, ToolError, UnknownTool
 from .lifecycle import Lifecycle
 from .models import ACTIVE_STATUSES, AgentRun, RunStatus
 from .registry import AgentSpec, tool_get
@@ -32,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 MESSAGE_MAX_CHARS = 500
 RESULT_ENVELOPE_BYTES = 1024
-FINISH_RETRY_SECONDS = (0.1, 0.5, 1.0)
+FINISH_RETRY_FIRST_SECONDS = 0.1
+UNAVAILABLE_MESSAGE = "The run's events could not be recorded because the database was unavailable."
 Observer = Callable[[Event], None]
 T = TypeVar("T")
 
@@ -65,6 +67,11 @@ class RunContext:
         # flag when it starts; one that is running is also cancelled outright.
         self.cancel_requested = False
         self.running = False
+        # Set when one of the run's events could not be written: the run then
+        # ends as ``unavailable``, and nothing more is emitted.
+        self.unavailable = False
+        # Set when the process stops waiting for the run's end to be written.
+        self._end_abandoned = asyncio.Event()
         self._observer = observer
         self._lifecycle = Lifecycle()
         self._emit_lock = asyncio.Lock()
@@ -114,6 +121,8 @@ class RunContext:
 
     async def _emit(self, event: str, data: dict[str, Any], *, call_id: str | None = None, tool: str = "") -> None:
         async with self._emit_lock:
+            if self.unavailable:
+                raise EventsUnavailable(UNAVAILABLE_MESSAGE)
             # Advance first: once the write has been handed to the database it
             # happens, even if this task is cancelled while it publishes.
             before = self._lifecycle.snapshot()
@@ -122,10 +131,19 @@ class RunContext:
                 record = await aevent_record(
                     user_id=self.user_id, event=event, run_id=self.run_id, agent=self.agent, data=data
                 )
-            except (InvalidEventData, DatabaseError):
+            except InvalidEventData:
                 self._lifecycle.restore(before)  # Nothing was written.
                 raise
+            except DatabaseError as exc:
+                self._lifecycle.restore(before)
+                self.unavailable = True
+                logger.warning("Run %s could not record %s; it ends as unavailable: %s", self.run_id, event, exc)
+                raise EventsUnavailable(UNAVAILABLE_MESSAGE) from exc
         self._observe(record)
+
+    def end_abandon(self) -> None:
+        """Stop retrying the write of the run's end (the process is stopping); the reaper will end it."""
+        self._end_abandoned.set()
 
     def _observe(self, record: Event) -> None:
         if self._observer is not None:
@@ -183,7 +201,7 @@ class RunContext:
                 data = {"kind": outcome.kind, "message": outcome.message, "duration_ms": duration_ms}
                 events.append((EventType.AGENT_ERROR, data))
                 error = {"kind": outcome.kind, "message": outcome.message}
-            records = await _retrying(
+            records = await self._retrying(
                 lambda: aevents_record_if(
                     condition=_finish_claim(self.run_id, outcome, error),
                     user_id=self.user_id,
@@ -192,25 +210,32 @@ class RunContext:
                     events=events,
                 )
             )
-            # Written now, or by whoever claimed the run first: the run is over either way.
+            # Written now, by whoever claimed the run first, or left to the
+            # reaper: the run is over either way, and emits nothing more.
             self._lifecycle.finished = True
         for record in records:
             self._observe(record)
 
+    async def _retrying(self, write: Callable[[], Awaitable[list[Event]]]) -> list[Event]:
+        """Write the run's end, retrying through a database outage until it is written or abandoned.
 
-async def _retrying(write: Callable[[], Awaitable[list[Event]]]) -> list[Event]:
-    """Retry a run's final write through a short database outage, then give up.
-
-    A run whose end could not be written stays active and is ended as
-    ``lost`` by the reaper that drain_events runs.
-    """
-    for delay in FINISH_RETRY_SECONDS:
-        try:
-            return await write()
-        except DatabaseError:
-            logger.warning("Could not record a run's end; retrying in %ss", delay, exc_info=True)
-            await asyncio.sleep(delay)
-    return await write()
+        The delay doubles up to ``AGENT_END_RETRY_MAX_SECONDS``, so the end
+        is written within about that long of the database coming back. If
+        the process stops first (``end_abandon``), the run stays active and
+        the reaper that drain_events runs ends it as ``lost``.
+        """
+        delay = FINISH_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                return await write()
+            except DatabaseError as exc:
+                if self._end_abandoned.is_set():
+                    logger.warning("The end of run %s was not recorded; the reaper will end it: %s", self.run_id, exc)
+                    return []
+                logger.warning("Could not record the end of run %s, retrying in %.1f s: %s", self.run_id, delay, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._end_abandoned.wait(), timeout=delay)
+            delay = min(delay * 2, settings.AGENT_END_RETRY_MAX_SECONDS)
 
 
 def _finish_claim(run_id: uuid.UUID, outcome: Outcome, error: dict[str, str] | None) -> Callable[[], bool]:
@@ -235,12 +260,18 @@ async def run_execute(spec: AgentSpec, ctx: RunContext, timeout_seconds: float) 
     that the end can still be recorded, and the task returns normally.
     """
     ctx.running = True
-    started = await _uncancellable(ctx._start())
+    try:
+        started = await _uncancellable(ctx._start())
+    except DatabaseError as exc:
+        logger.warning("Run %s could not start; it ends as unavailable: %s", ctx.run_id, exc)
+        ctx.unavailable = started = True
     if not started:
         logger.info("Run %s was no longer queued; not started", ctx.run_id)
         return None
     deadline = asyncio.timeout(timeout_seconds)
     try:
+        if ctx.unavailable:
+            raise EventsUnavailable(UNAVAILABLE_MESSAGE)
         if ctx.cancel_requested:  # Asked before or while it started.
             raise asyncio.CancelledError
         async with deadline:
@@ -263,6 +294,9 @@ async def run_execute(spec: AgentSpec, ctx: RunContext, timeout_seconds: float) 
         outcome = Outcome(RunStatus.CANCELLED, kind="cancelled", message=ctx.cancel_reason)
     except Exception as exc:
         outcome = _failed(ctx, exc)
+    if ctx.unavailable:
+        # Some of the run's events are missing from the log, whatever the agent did next.
+        outcome = Outcome(RunStatus.FAILED, kind="unavailable", message=UNAVAILABLE_MESSAGE)
     await _uncancellable(ctx._finish(outcome))
     return outcome.status
 

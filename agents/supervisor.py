@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import DatabaseError
 
 from .models import AgentRun, RunStatus
 from .registry import AgentSpec
@@ -101,10 +102,13 @@ class RunSupervisor:
             logger.info("Cancelling %d run(s) for shutdown", len(tasks))
             _, pending = await asyncio.wait(tasks, timeout=timeout_seconds)
             if pending:
-                logger.error(
-                    "%d run(s) ignored cancellation for %ss; ending them in the log", len(pending), timeout_seconds
-                )
-                await self._force_end([tracked.ctx for tracked in self._runs.values() if tracked.task in pending])
+                # An agent that ignores its cancellation, or an end that the
+                # database will not take: either way it is ended here or by the reaper.
+                logger.error("%d run(s) did not end within %ss; ending them in the log", len(pending), timeout_seconds)
+                stuck = [tracked.ctx for tracked in self._runs.values() if tracked.task in pending]
+                for ctx in stuck:
+                    ctx.end_abandon()
+                await self._force_end(stuck)
         await self._poller_stop()
 
     async def _force_end(self, contexts: list[RunContext]) -> None:
@@ -115,6 +119,8 @@ class RunSupervisor:
                     ctx._finish(Outcome(RunStatus.CANCELLED, kind="cancelled", message=SHUTDOWN_REASON)),
                     timeout=FORCE_END_TIMEOUT_SECONDS,
                 )
+            except DatabaseError as exc:  # The reaper will end it as lost.
+                logger.warning("Could not record the end of run %s: %s", ctx.run_id, exc)
             except Exception:  # The reaper will end it as lost.
                 logger.exception("Could not record the end of run %s", ctx.run_id)
 
@@ -132,8 +138,11 @@ class RunSupervisor:
                 local = list(self._runs)
                 try:
                     requested = await database_sync_to_async(_cancel_requested)(local)
-                except Exception:  # The database is down: try again next interval.
-                    logger.warning("Could not check for cancel requests", exc_info=True)
+                except DatabaseError as exc:  # The database is down: try again next interval.
+                    logger.warning("Could not check for cancel requests: %s", exc)
+                    continue
+                except Exception:  # Keep polling whatever one check hit.
+                    logger.exception("Could not check for cancel requests")
                     continue
                 for run_id in requested:
                     self.cancel(run_id, reason="The run was cancelled by the user.")

@@ -163,7 +163,11 @@ DATABASES = {
         DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE_SECONDS", 60), conn_health_checks=True
     )
 }
+# PostgreSQL: while it is down, one connection attempt per this interval tries it; the others fail at once.
+DB_OUTAGE_PROBE_SECONDS = env_float("DB_OUTAGE_PROBE_SECONDS", 0.5)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Django's backend, failing fast while the database is down (config/postgresql/base.py).
+    DATABASES["default"]["ENGINE"] = "config.postgresql"
     # Bound every query and connection attempt: no request waits forever on the database.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         connect_timeout=env_int("DB_CONNECT_TIMEOUT_SECONDS", 5),
@@ -180,7 +184,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         DATABASES["default"]["OPTIONS"]["pool"] = {
             "min_size": env_int("DB_POOL_MIN_SIZE", 1),
             "max_size": env_int("DB_POOL_MAX_SIZE", 20),
-            "timeout": env_float("DB_POOL_TIMEOUT_SECONDS", 10.0),
+            # How long a caller waits for a connection before the answer is 503 unavailable.
+            "timeout": env_float("DB_POOL_TIMEOUT_SECONDS", 2.0),
+            # The pool retries a lost connection with a doubling delay, which after a
+            # 30 s outage is 16 s long; giving a slot up after this long instead lets
+            # the next caller open a fresh one at once.
+            "reconnect_timeout": env_float("DB_POOL_RECONNECT_SECONDS", 2.0),
         }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {
@@ -426,6 +435,9 @@ AGENT_INPUT_MAX_BYTES = env_int("AGENT_INPUT_MAX_BYTES", 16 * 1024)
 AGENT_CANCEL_POLL_SECONDS = env_float("AGENT_CANCEL_POLL_SECONDS", 0.5)
 # On shutdown, how long runs get to record their cancellation.
 AGENT_SHUTDOWN_TIMEOUT_SECONDS = env_float("AGENT_SHUTDOWN_TIMEOUT_SECONDS", 5.0)
+# A run's end that cannot be written (the database is down) is retried, the
+# delay doubling up to this, until it is written or the process stops.
+AGENT_END_RETRY_MAX_SECONDS = env_float("AGENT_END_RETRY_MAX_SECONDS", 1.0)
 # A run still active this long past its timeout lost its process.
 AGENT_LOST_GRACE_SECONDS = env_float("AGENT_LOST_GRACE_SECONDS", 60.0)
 # Async callables (dotted paths) the server awaits on SIGTERM, beside closing sockets.

@@ -19,7 +19,7 @@ from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -296,9 +296,10 @@ async def _amark(func: Any, **kwargs: Any) -> None:
     it pending, and ``drain_events`` publishes it again, which connections
     de-duplicate by seq.
     """
+    events = kwargs.get("event_id", kwargs.get("event_ids"))
     try:
         await adb_write(func)(**kwargs)
-    except Exception:  # The database is down; the drainer will retry.
-        logger.exception(
-            "Could not record the publish outcome of event(s) %s", kwargs.get("event_id", kwargs.get("event_ids"))
-        )
+    except DatabaseError as exc:  # The database is down; the drainer will retry.
+        logger.warning("Could not record the publish outcome of event(s) %s: %s", events, exc)
+    except Exception:
+        logger.exception("Could not record the publish outcome of event(s) %s", events)

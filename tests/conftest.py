@@ -25,7 +25,7 @@ from django.db import connection, connections
 from django.test import Client
 
 from config.settings import redis_channel_layers
-from tests.servers import ROOT, DaphneServer, RedisServer, database_url
+from tests.servers import ROOT, DaphneServer, PostgresCluster, RedisServer, database_url, postgres_bindir
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 # The events of a two-step ``demo`` run, in order.
@@ -212,6 +212,37 @@ def scratch_postgres() -> Iterator[Callable[[str], str]]:
         finally:
             for name in names:
                 admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster_factory() -> Iterator[Callable[[], PostgresCluster]]:
+    """Start throwaway PostgreSQL clusters with a migrated database ``app``, for tests that stop them.
+
+    They need PostgreSQL's server binaries and root (to run them as ``postgres``):
+    skipped without, and a failure instead under CI=true. Destroyed at the end.
+    """
+    bindir = postgres_bindir()
+    if bindir is None or shutil.which("runuser") is None or os.geteuid() != 0:
+        message = "PostgreSQL server binaries, runuser and root are needed for outage tests: they are SKIPPED."
+        if IN_CI:
+            pytest.fail(message + " Under CI=true that is a failure.")
+        pytest.skip(message)
+    clusters: list[PostgresCluster] = []
+
+    def make() -> PostgresCluster:
+        cluster = PostgresCluster(bindir=bindir)
+        clusters.append(cluster)
+        cluster.start()
+        with psycopg.connect(cluster.url(), autocommit=True) as admin:
+            admin.execute("CREATE DATABASE app")
+        manage("migrate", "--noinput", database_url=cluster.url("app"))
+        return cluster
+
+    try:
+        yield make
+    finally:
+        for cluster in clusters:
+            cluster.destroy()
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,15 @@
-"""Real processes for tests: a throwaway redis-server and a daphne running this project."""
+"""Real processes for tests: throwaway redis-server and PostgreSQL, and a daphne running this project."""
 
 import json
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -256,3 +258,53 @@ class LineReader:
                 if not chunk:
                     raise AssertionError(f"Output ended before a line with {text!r}; got {self.lines[-5:]}")
                 self.buffer += chunk
+
+
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster of the test's own, to stop and start under a running service.
+
+    ``initdb`` and ``pg_ctl`` run as the ``postgres`` user (PostgreSQL refuses
+    to run as root), in a directory of its own under /tmp.
+    """
+
+    def __init__(self, *, bindir: Path) -> None:
+        self.bindir = bindir
+        self.port = free_port()
+        self.workdir = Path(tempfile.mkdtemp(prefix="pgcluster-", dir="/tmp"))
+        self.datadir = self.workdir / "data"
+        self.log_path = self.workdir / "postgres.log"
+        shutil.chown(self.workdir, user="postgres")
+        self._as_postgres(
+            str(bindir / "initdb"), "-D", str(self.datadir), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"
+        )
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.workdir} -c fsync=off"
+        self._pg_ctl("start", "-w", "-t", "30", "-o", options, "-l", str(self.log_path))
+
+    def stop(self) -> None:
+        """Stop at once, as a crash or a failover would: sessions are terminated, nothing waits for clients."""
+        self._pg_ctl("stop", "-w", "-t", "30", "-m", "fast")
+
+    def running(self) -> bool:
+        return (self.datadir / "postmaster.pid").exists()
+
+    def destroy(self) -> None:
+        if self.running():
+            self._pg_ctl("stop", "-w", "-t", "30", "-m", "immediate")
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _pg_ctl(self, *args: str) -> None:
+        self._as_postgres(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), *args)
+
+    def _as_postgres(self, *command: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *command], check=True, capture_output=True, timeout=60)
+
+
+def postgres_bindir() -> Path | None:
+    """The newest PostgreSQL server binaries on this machine (Debian's layout), if any."""
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda path: int(path.parts[-3]))
+    return candidates[-1].parent if candidates else None

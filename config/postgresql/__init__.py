@@ -1,0 +1,1 @@
+"""Django's PostgreSQL backend, answering fast while the database is down (see ``base``)."""
