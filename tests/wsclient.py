@@ -1,13 +1,14 @@
-"""A small test client over the ``websockets`` library, following docs/protocol.md."""
+"""A small test client over the ``websockets`` library, following docs/protocol.md, and its tokens."""
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
-from rest_framework_simplejwt.tokens import AccessToken
+from rest_framework_simplejwt.settings import api_settings
+from rest_framework_simplejwt.tokens import AccessToken, RefreshToken, SlidingToken
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
@@ -20,6 +21,41 @@ def access_token(user: Any, *, lifetime: timedelta | None = None) -> str:
     if lifetime is not None:
         token.set_exp(lifetime=lifetime)
     return str(token)
+
+
+def expired_token(user: Any) -> str:
+    return access_token(user, lifetime=timedelta(seconds=-60))
+
+
+def retyped_token(user: Any, token_type: str | None) -> str:
+    """Return an access token signed with our key, its type claim changed (``None``: removed)."""
+    token = AccessToken.for_user(user)
+    if token_type is None:
+        del token[api_settings.TOKEN_TYPE_CLAIM]
+    else:
+        token[api_settings.TOKEN_TYPE_CLAIM] = token_type
+    return str(token)
+
+
+def refresh_token(user: Any) -> str:
+    """Return a refresh token; it is recorded for the blacklist, so call it where the ORM may run."""
+    return str(RefreshToken.for_user(user))
+
+
+def sliding_token(user: Any) -> str:
+    """Return a sliding token (simplejwt's third type); the ORM runs as for ``refresh_token``."""
+    return str(SlidingToken.for_user(user))
+
+
+# Tokens of the user, signed with our key and unexpired unless named so, that
+# must be refused wherever an access token is needed.
+REFUSED_TOKENS: dict[str, Callable[[Any], str]] = {
+    "refresh": refresh_token,
+    "sliding": sliding_token,
+    "no-type": lambda user: retyped_token(user, None),
+    "unknown-type": lambda user: retyped_token(user, "id"),
+    "expired": expired_token,
+}
 
 
 class Client:

@@ -1,7 +1,6 @@
 """Connecting and authenticating over a real daphne (docs/protocol.md, "Connecting")."""
 
 import time
-from datetime import timedelta
 from typing import Any
 
 import jwt
@@ -11,7 +10,7 @@ from rest_framework_simplejwt.tokens import AccessToken
 from websockets.exceptions import InvalidStatus
 
 from tests.servers import DaphneServer
-from tests.wsclient import access_token, ws_connect
+from tests.wsclient import REFUSED_TOKENS, access_token, expired_token, retyped_token, ws_connect
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("server_log_clean")]
 
@@ -46,10 +45,28 @@ def forged_token(user: Any) -> str:
     return jwt.encode(claims, "an-attacker-key-that-is-long-enough-for-hs256", algorithm="HS256")
 
 
-def expired_token(user: Any) -> str:
+def soon_expiring_token(user: Any) -> tuple[str, int]:
+    """Return an access token and its ``exp``, which is 0.5 to 1.5 seconds away.
+
+    JWT expiry has whole-second resolution: the token expires at the first
+    whole second at least half a second away, time enough to connect and talk.
+    """
+    expires_at = int(time.time() + 0.5) + 1
     token = AccessToken.for_user(user)
-    token.set_exp(lifetime=timedelta(seconds=-60))
-    return str(token)
+    token["exp"] = expires_at
+    return str(token), expires_at
+
+
+def deactivate(user: Any) -> None:
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+
+
+def delete(user: Any) -> None:
+    user.delete()
+
+
+USER_GONE = [pytest.param(deactivate, id="inactive"), pytest.param(delete, id="deleted")]
 
 
 @pytest.mark.parametrize(
@@ -59,7 +76,6 @@ def expired_token(user: Any) -> str:
         pytest.param(lambda user: ["jwt"], id="jwt-without-token"),
         pytest.param(lambda user: ["jwt", "not.a.token"], id="malformed"),
         pytest.param(lambda user: ["jwt", forged_token(user)], id="forged"),
-        pytest.param(lambda user: ["jwt", expired_token(user)], id="expired"),
         pytest.param(lambda user: ["jwt", access_token(user), "extra"], id="three-subprotocols"),
         pytest.param(lambda user: [access_token(user), "other"], id="token-without-jwt"),
     ],
@@ -69,9 +85,26 @@ async def test_bad_credentials_close_4401_before_any_frame(daphne: DaphneServer,
         assert await client.first_close_code() == 4401
 
 
-async def test_inactive_user_is_refused(daphne: DaphneServer, make_user: Any) -> None:
-    ghost = await sync_to_async(make_user)("ghost", is_active=False)
-    async with ws_connect(daphne.ws_url, access_token(ghost), hello=False) as client:
+@pytest.mark.parametrize("make_token", REFUSED_TOKENS.values(), ids=REFUSED_TOKENS.keys())
+async def test_a_signed_token_that_is_not_a_live_access_token_closes_4401_before_any_frame(
+    daphne: DaphneServer, alice: Any, make_token: Any
+) -> None:
+    token = await sync_to_async(make_token)(alice)
+    async with ws_connect(daphne.ws_url, token, hello=False) as client:
+        assert await client.first_close_code() == 4401
+
+
+async def test_a_retyped_token_typed_access_is_accepted(daphne: DaphneServer, alice: Any) -> None:
+    """The control for the retyped tokens refused above: only their type claim is wrong."""
+    async with ws_connect(daphne.ws_url, retyped_token(alice, "access"), hello=False) as client:
+        assert (await client.expect("hello"))["user"]["id"] == alice.pk
+
+
+@pytest.mark.parametrize("gone", USER_GONE)
+async def test_a_token_of_an_inactive_or_deleted_user_closes_4401(daphne: DaphneServer, alice: Any, gone: Any) -> None:
+    token = access_token(alice)
+    await sync_to_async(gone)(alice)
+    async with ws_connect(daphne.ws_url, token, hello=False) as client:
         assert await client.first_close_code() == 4401
 
 
@@ -95,16 +128,22 @@ async def test_own_origin_is_accepted(daphne: DaphneServer, alice: Any) -> None:
 
 
 async def test_expired_token_closes_4401_unless_refreshed(daphne: DaphneServer, alice: Any) -> None:
-    # JWT expiry has whole-second resolution: the token expires at the first
-    # whole second at least half a second away, time enough to connect twice.
-    expires_at = int(time.time() + 0.5) + 1
-    short = AccessToken.for_user(alice)
-    short["exp"] = expires_at
-    async with ws_connect(daphne.ws_url, str(short)) as stale, ws_connect(daphne.ws_url, str(short)) as refreshed:
+    # All the refused tokens but the expired one outlive the short one; none may extend its connection.
+    refused = [await sync_to_async(make_token)(alice) for make_token in REFUSED_TOKENS.values()]
+    short, expires_at = soon_expiring_token(alice)
+    async with (
+        ws_connect(daphne.ws_url, short) as stale,
+        ws_connect(daphne.ws_url, short) as refreshed,
+        ws_connect(daphne.ws_url, short) as misrefreshed,
+    ):
         await refreshed.send({"type": "auth", "token": access_token(alice)})
         ok = await refreshed.expect("auth.ok")
         assert ok["expires_at"].endswith("Z")
+        for token in refused:
+            await misrefreshed.send({"type": "auth", "token": token})
+            assert (await misrefreshed.expect("error"))["code"] == "invalid_token"
         assert await stale.closed(timeout=3) == 4401
+        assert await misrefreshed.closed(timeout=1) == 4401
         assert time.time() >= expires_at
         await refreshed.send({"type": "ping"})
         assert await refreshed.recv() == {"type": "pong"}
@@ -122,6 +161,35 @@ async def test_bad_refresh_token_is_an_error_and_keeps_the_connection(
         assert error == {"type": "error", "code": "invalid_token", "detail": "The token belongs to a different user."}
         await client.send({"type": "ping"})
         assert await client.recv() == {"type": "pong"}
+
+
+@pytest.mark.parametrize("make_token", REFUSED_TOKENS.values(), ids=REFUSED_TOKENS.keys())
+async def test_auth_with_a_signed_token_that_is_not_a_live_access_token_is_invalid_token(
+    daphne: DaphneServer, alice: Any, make_token: Any
+) -> None:
+    token = await sync_to_async(make_token)(alice)
+    async with ws_connect(daphne.ws_url, access_token(alice)) as client:
+        await client.send({"type": "auth", "token": token})
+        error = await client.expect("error")
+        assert error == {"type": "error", "code": "invalid_token", "detail": "The access token is invalid or expired."}
+        await client.send({"type": "ping"})
+        assert await client.recv() == {"type": "pong"}
+
+
+@pytest.mark.parametrize("gone", USER_GONE)
+async def test_auth_after_the_user_is_deactivated_or_deleted_is_invalid_token(
+    daphne: DaphneServer, alice: Any, gone: Any
+) -> None:
+    async with ws_connect(daphne.ws_url, access_token(alice)) as client:
+        fresh = access_token(alice)
+        await sync_to_async(gone)(alice)
+        await client.send({"type": "auth", "token": fresh})
+        error = await client.expect("error")
+        assert error == {
+            "type": "error",
+            "code": "invalid_token",
+            "detail": "The token's user does not exist or is inactive.",
+        }
 
 
 async def test_tokens_never_appear_in_the_server_log(daphne_factory: Any, redis_url: str, alice: Any, bob: Any) -> None:
