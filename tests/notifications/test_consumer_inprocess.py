@@ -5,8 +5,11 @@ layer reader left running after the socket ends fails the test.
 """
 
 import asyncio
+import json
 import logging
+import time
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,9 +17,11 @@ from asgiref.sync import sync_to_async
 from autobahn.exception import Disconnected
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from rest_framework_simplejwt.tokens import AccessToken
 
 from config.asgi import application
 from config.settings import redis_channel_layers
+from notifications import consumers
 from notifications.consumers import NotificationConsumer
 from notifications.frames import event_frame_text
 from notifications.models import Event
@@ -35,6 +40,11 @@ def memory_layer(settings: Any) -> None:
 
 def communicator(user: Any) -> WebsocketCommunicator:
     return WebsocketCommunicator(application, PATH, subprotocols=["jwt", access_token(user)])
+
+
+def raw_scope(token: str) -> dict[str, Any]:
+    """The scope of a connection offering ``token``, for driving the consumer's ASGI callables by hand."""
+    return {"type": "websocket", "path": PATH, "headers": [], "subprotocols": ["jwt", token]}
 
 
 @pytest.mark.usefixtures("memory_layer")
@@ -92,8 +102,7 @@ async def test_send_racing_the_peers_close_is_not_an_error(alice: Any, caplog: p
         if len(sent) == 2:  # accept, hello
             greeted.set()
 
-    scope = {"type": "websocket", "path": PATH, "headers": [], "subprotocols": ["jwt", access_token(alice)]}
-    app = asyncio.create_task(NotificationConsumer.as_asgi()(scope, receive, send))
+    app = asyncio.create_task(NotificationConsumer.as_asgi()(raw_scope(access_token(alice)), receive, send))
     await incoming.put({"type": "websocket.connect"})
     await asyncio.wait_for(greeted.wait(), timeout=5)
     peer_closed = True
@@ -209,3 +218,50 @@ async def test_resume_past_the_replay_limit_is_refused(alice: Any, settings: Any
         "truncated": False,
     }
     await client.disconnect(timeout=5)
+
+
+@pytest.mark.usefixtures("quiet_heartbeat")
+async def test_a_replay_ends_with_4401_when_the_token_expires_during_it(
+    alice: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No frame goes out at or after the token's exp, even in the middle of a replay.
+
+    The consumer's clock reaches the token's exp once six events are out, in
+    the replay's second batch. Its timer sleeps until the real exp, minutes
+    away, so only the check before each send can end the replay in time.
+    """
+    settings.WS_REPLAY_BATCH_SIZE = 4
+    await sync_to_async(_log_only)(alice.pk, 20)
+    token = AccessToken.for_user(alice)
+    expires_at = float(token["exp"])
+    sent: list[tuple[float, dict[str, Any]]] = []  # (the consumer's clock, the message)
+
+    def frame_type(message: dict[str, Any]) -> str | None:
+        return json.loads(message["text"])["type"] if message["type"] == "websocket.send" else None
+
+    def clock() -> float:
+        events_out = sum(frame_type(message) == "event" for _, message in sent)
+        return expires_at if events_out >= 6 else time.time()
+
+    monkeypatch.setattr(consumers, "time", SimpleNamespace(time=clock))
+    incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    over = asyncio.Event()
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append((clock(), message))
+        if message["type"] == "websocket.close" or frame_type(message) == "resumed":
+            over.set()
+
+    app = asyncio.create_task(NotificationConsumer.as_asgi()(raw_scope(str(token)), incoming.get, send))
+    await incoming.put({"type": "websocket.connect"})
+    await incoming.put({"type": "websocket.receive", "text": '{"type": "resume", "after": 0}'})
+    try:
+        await asyncio.wait_for(over.wait(), timeout=5)
+    finally:
+        await incoming.put({"type": "websocket.disconnect", "code": 1000})
+        await asyncio.wait_for(app, timeout=5)
+    frames = [json.loads(message["text"]) for _, message in sent if frame_type(message)]
+    assert [frame["type"] for frame in frames] == ["hello"] + ["event"] * 6
+    assert [frame["seq"] for frame in frames[1:]] == [1, 2, 3, 4, 5, 6]
+    assert sent[-1][1] == {"type": "websocket.close", "code": 4401}
+    assert all(at < expires_at for at, message in sent if message["type"] == "websocket.send")
