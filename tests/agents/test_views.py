@@ -4,21 +4,22 @@ import asyncio
 import uuid
 from typing import Any
 
+import pytest
 from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 
 from agents.models import AgentRun, RunStatus
 from agents.supervisor import supervisor
 from tests.agents.conftest import assert_lifecycle, run_events
-from tests.wsclient import access_token
+from tests.wsclient import REFUSED_TOKENS, access_token
 
 
 class client_for:
-    """An async test client that sends the user's access token with every request."""
+    """An async test client that sends ``token`` (by default the user's access token) with every request."""
 
-    def __init__(self, user: Any) -> None:
+    def __init__(self, user: Any, *, token: str | None = None) -> None:
         self.client = AsyncClient()
-        self.headers = {"Authorization": f"Bearer {access_token(user)}"}
+        self.headers = {"Authorization": f"Bearer {token or access_token(user)}"}
 
     async def get(self, path: str) -> Any:
         return await self.client.get(path, headers=self.headers)
@@ -116,3 +117,15 @@ async def test_run_input_just_inside_the_depth_limit_reaches_the_agent(alice: An
     }
     deeper = await client_for(alice).post("/api/runs/", body.replace("[", "[[", 1).replace("]", "]]", 1))
     assert deeper.status_code == 400 and deeper.json()["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize("make_token", REFUSED_TOKENS.values(), ids=REFUSED_TOKENS.keys())
+async def test_starting_a_run_needs_a_live_access_token(alice: Any, make_token: Any) -> None:
+    body = {"agent": "calculator", "input": {"expression": "1+1"}}
+    token = await sync_to_async(make_token)(alice)
+    refused = await client_for(alice, token=token).post("/api/runs/", body)
+    assert refused.status_code == 401 and refused.json()["code"] == "token_not_valid"
+    assert await AgentRun.objects.acount() == 0
+    started = await client_for(alice).post("/api/runs/", body)
+    assert started.status_code == 201
+    await asyncio.wait_for(supervisor.join(uuid.UUID(started.json()["id"])), timeout=10)

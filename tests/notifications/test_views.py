@@ -10,7 +10,7 @@ from config.settings import redis_channel_layers
 from notifications.models import Event
 from notifications.services import event_record
 from tests.servers import free_port
-from tests.wsclient import access_token
+from tests.wsclient import REFUSED_TOKENS, access_token, retyped_token
 
 
 @pytest.fixture(autouse=True)
@@ -18,10 +18,11 @@ def memory_layer(settings: Any) -> None:
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 
-def api(user: Any | None = None) -> APIClient:
+def api(user: Any | None = None, *, token: str | None = None) -> APIClient:
+    """A client sending ``token`` as its bearer token, by default a fresh access token of ``user``."""
     client = APIClient()
-    if user is not None:
-        client.credentials(HTTP_AUTHORIZATION=f"Bearer {access_token(user)}")
+    if user is not None or token is not None:
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {token or access_token(user)}")
     return client
 
 
@@ -53,6 +54,36 @@ def test_token_pair_and_refresh(make_user: Any) -> None:
 
 def test_events_need_a_token(transactional_db: None) -> None:
     assert api().get("/api/events/").status_code == 401
+
+
+@pytest.mark.parametrize("make_token", REFUSED_TOKENS.values(), ids=REFUSED_TOKENS.keys())
+def test_events_need_a_live_access_token(alice: Any, make_token: Any) -> None:
+    emit(alice, 1)
+    refused = api(token=make_token(alice)).get("/api/events/")
+    assert refused.status_code == 401
+    assert refused.json()["code"] == "token_not_valid"
+    assert api(alice).get("/api/events/").status_code == 200
+
+
+@pytest.mark.parametrize(("deleted", "code"), [(False, "user_inactive"), (True, "user_not_found")])
+def test_events_refuse_a_token_of_an_inactive_or_deleted_user(alice: Any, deleted: bool, code: str) -> None:
+    client = api(alice)
+    assert client.get("/api/events/").status_code == 200
+    if deleted:
+        alice.delete()
+    else:
+        alice.is_active = False
+        alice.save(update_fields=["is_active"])
+    refused = client.get("/api/events/")
+    assert refused.status_code == 401
+    assert refused.json()["code"] == code
+
+
+def test_refresh_needs_a_refresh_token(alice: Any) -> None:
+    for token in (access_token(alice), retyped_token(alice, None)):
+        refused = api().post("/api/auth/token/refresh/", {"refresh": token}, format="json")
+        assert refused.status_code == 401
+        assert refused.json()["code"] == "token_not_valid"
 
 
 def test_events_are_the_callers_own_in_seq_order(alice: Any, bob: Any) -> None:
