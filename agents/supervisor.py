@@ -86,6 +86,12 @@ class RunSupervisor:
             tracked.task.cancel()
         return True
 
+    def abandon_end(self, run_id: uuid.UUID) -> None:
+        """Stop waiting for a run's end to be written (the database is down and the process must stop)."""
+        tracked = self._runs.get(run_id)
+        if tracked is not None:
+            tracked.ctx.end_abandon()
+
     async def join(self, run_id: uuid.UUID) -> None:
         """Wait for a run of this process to end (for commands and tests)."""
         tracked = self._runs.get(run_id)

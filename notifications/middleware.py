@@ -5,16 +5,20 @@ from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.core.exceptions import BadRequest, PermissionDenied, SuspiciousOperation
 from django.db import DatabaseError
-from django.http import HttpRequest, HttpResponseBase, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponseBase, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/"
 # The code for an error response that did not come from a view of ours.
-STATUS_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+STATUS_CODES = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
 
 KEPT_HEADERS = ("Allow", "Retry-After")
+# Exceptions that Django turns into a 4xx response of its own.
+DJANGO_ANSWERS = (Http404, PermissionDenied, BadRequest, SuspiciousOperation, MultiPartParserError)
 
 GetResponse = Callable[[HttpRequest], HttpResponseBase] | Callable[[HttpRequest], Awaitable[HttpResponseBase]]
 
@@ -47,8 +51,8 @@ class ApiErrorsMiddleware:
         return self._json(request, await self.get_response(request))  # type: ignore[misc]
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponseBase | None:
-        if not request.path.startswith(API_PREFIX):
-            return None
+        if not request.path.startswith(API_PREFIX) or isinstance(exception, DJANGO_ANSWERS):
+            return None  # Django answers these itself (404, 403, 400), and __call__ makes that JSON.
         if isinstance(exception, DatabaseError):
             logger.warning("%s %s: database unavailable: %s", request.method, request.path, exception)
             return _error("unavailable", "The database is unavailable; try again shortly.", 503)

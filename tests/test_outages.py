@@ -8,10 +8,12 @@ margins over the targets in README ("Outages"); nothing here sleeps.
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +22,16 @@ import pytest
 
 from tests.agents.conftest import assert_lifecycle
 from tests.conftest import SESSION_PREFIX
-from tests.servers import ROOT, DaphneServer, HttpAnswer, PostgresCluster, RedisServer, http_request, wait_for
+from tests.servers import (
+    ROOT,
+    DaphneServer,
+    HttpAnswer,
+    LineReader,
+    PostgresCluster,
+    RedisServer,
+    http_request,
+    wait_for,
+)
 from tests.wsclient import Client, ws_connect
 
 pytestmark = pytest.mark.e2e
@@ -159,9 +170,12 @@ async def test_postgres_outage_gets_fast_answers_and_recovers_at_once(stack: Sta
         assert await refused.first_close_code(timeout=API_DOWN_SECONDS) == 4503
     assert time.monotonic() - started < API_DOWN_SECONDS
 
-    # The live socket stays open through the outage.
+    # The live socket stays open through the outage; what needs the database is refused, clearly.
     await client.send({"type": "ping", "ref": "during"})
     assert await client.recv() == {"type": "pong", "ref": "during"}
+    await client.send({"type": "run.start", "agent": "demo", "input": {}})
+    refusal = await client.expect("error")
+    assert refusal["code"] == "unavailable"
 
     await asyncio.to_thread(stack.cluster.start)
     recovered_in = await asyncio.to_thread(stack.wait_healthy, timeout=10)
@@ -221,17 +235,21 @@ async def test_a_run_whose_events_cannot_be_written_ends_once_as_unavailable(sta
 
 @pytest.mark.parametrize("first_back", ["redis", "postgres"])
 async def test_redis_and_postgres_down_then_back_lose_nothing(stack: Stack, client: Client, first_back: str) -> None:
-    with _drainer(stack) as drainer:
+    with _Drainer(stack) as drainer:
         run_id = await stack.start_run({"steps": 50, "delay": 0.05})
         first = await client.events(2, timeout=10)
         since = stack.server.log_size()
         await asyncio.to_thread(stack.redis.stop)
         await asyncio.to_thread(stack.cluster.stop)
+        drainer_since = len(drainer.log())
         await asyncio.to_thread(
             wait_for,
-            lambda: "it ends as unavailable" in stack.server.log()[since:],
+            lambda: (
+                "it ends as unavailable" in stack.server.log()[since:]
+                and "Database unavailable" in drainer.log()[drainer_since:]
+            ),
             timeout=10,
-            what="the run to find its events cannot be written",
+            what="the run and the drainer to find the database gone",
         )
         for part in ["redis", "postgres"] if first_back == "redis" else ["postgres", "redis"]:
             await asyncio.to_thread(stack.redis.start if part == "redis" else stack.cluster.start)
@@ -245,7 +263,10 @@ async def test_redis_and_postgres_down_then_back_lose_nothing(stack: Stack, clie
 
         # The drainer publishes whatever the server could not, and both processes live on.
         await asyncio.to_thread(wait_for, lambda: stack.pending() == 0, timeout=15, what="no pending events")
-        assert drainer.poll() is None and stack.server.process is not None and stack.server.process.poll() is None
+        assert (
+            drainer.process.poll() is None and stack.server.process is not None and stack.server.process.poll() is None
+        )
+        assert "Traceback" not in drainer.log(), drainer.log()
         await asyncio.to_thread(stack.wait_healthy, timeout=10)
         # The socket lived through both outages and still works.
         await client.send({"type": "ping", "ref": "after"})
@@ -268,7 +289,7 @@ def _gapless(log: list[tuple[int, str, dict[str, Any]]]) -> bool:
     return [seq for seq, _, _ in log] == list(range(log[0][0], log[0][0] + len(log)))
 
 
-class _drainer:
+class _Drainer:
     """``drain_events`` following the stack, stopped (SIGTERM, bounded) on the way out."""
 
     def __init__(self, stack: Stack) -> None:
@@ -277,10 +298,14 @@ class _drainer:
             "DATABASE_URL": stack.database_url,
             "REDIS_URL": stack.redis.url,
             "CHANNEL_LAYER_PREFIX": SESSION_PREFIX,
+            "DRAIN_BACKOFF_MAX_SECONDS": "1",
         }
         self.log_path = stack.cluster.workdir / "drainer.log"
 
-    def __enter__(self) -> subprocess.Popen[bytes]:
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def __enter__(self) -> "_Drainer":
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "manage.py", "drain_events", "--min-age", "0.5", "--poll-interval", "0.2"],
@@ -289,7 +314,7 @@ class _drainer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        return self.process
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.process.terminate()
@@ -298,3 +323,73 @@ class _drainer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
+
+
+@contextmanager
+def run_agent(stack: Stack, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], LineReader]]:
+    """``run_agent`` as the stack's user on the cluster, its output and log merged; killed if left running."""
+    env = {**os.environ, "DATABASE_URL": stack.database_url, "REDIS_URL": "", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "run_agent", "demo", "--user", "outage", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert process.stdout is not None
+        yield process, LineReader(process.stdout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+def test_run_agent_ends_its_run_as_unavailable_when_the_database_is_back(stack: Stack) -> None:
+    with run_agent(stack, "--input", '{"steps": 50, "delay": 0.05}') as (process, output):
+        output.until("agent_thinking")
+        stack.cluster.stop()
+        try:
+            output.until("it ends as unavailable", timeout=10)
+        finally:
+            stack.cluster.start()
+        end = output.until("agent_error", timeout=RUN_END_AFTER_RECOVERY_SECONDS + 5)
+        assert '"kind": "unavailable"' in end
+        assert process.wait(timeout=10) == 1
+
+
+def test_run_agent_gives_up_on_a_second_interrupt_while_the_database_is_down(stack: Stack) -> None:
+    with run_agent(stack, "--input", '{"steps": 50, "delay": 0.05}') as (process, output):
+        output.until("agent_thinking")
+        stack.cluster.stop()
+        try:
+            output.until("it ends as unavailable", timeout=10)
+            process.send_signal(signal.SIGINT)
+            output.until("Could not record the end of run", timeout=10)
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=10) == 1
+            rest = output.buffer.decode() + (process.stdout.read().decode() if process.stdout else "")
+            assert "The run's outcome could not be read, the database is unavailable" in rest
+        finally:
+            stack.cluster.start()
+    # Its run is left active, for the reaper of drain_events to end as lost.
+    [(status,)] = stack.query("SELECT status FROM agents_agentrun ORDER BY created_at DESC LIMIT 1")
+    assert status == "running"
+    # No reaper runs here: end it by hand, so that it does not count against the user's active runs.
+    stack.query("UPDATE agents_agentrun SET status = 'failed' WHERE status = 'running' RETURNING id")
+
+
+def test_run_agent_refuses_at_once_while_the_database_is_down(stack: Stack) -> None:
+    stack.cluster.stop()
+    try:
+        started = time.monotonic()
+        with run_agent(stack) as (process, output):
+            assert process.wait(timeout=20) == 1
+            assert "The database is unavailable" in output.buffer.decode() + "\n".join(output.lines) + (
+                process.stdout.read().decode() if process.stdout else ""
+            )
+        assert time.monotonic() - started < 15
+    finally:
+        stack.cluster.start()

@@ -50,6 +50,12 @@ def test_an_unknown_api_url_is_a_json_404(debug: bool, alice: Any) -> None:
     assert_error(api(alice).get("/api/runs/not-a-uuid/"), 404, "not_found")
 
 
+def test_a_body_over_the_upload_limit_is_a_json_400(debug: bool, alice: Any, settings: Any) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
+    body = '{"agent": "demo", "input": {"pad": "' + "x" * 2048 + '"}}'
+    assert_error(api(alice).post("/api/runs/", body, content_type="application/json"), 400, "bad_request")
+
+
 def test_an_unhandled_exception_is_a_json_500_and_is_logged(
     debug: bool, alice: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

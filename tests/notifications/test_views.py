@@ -1,12 +1,18 @@
 """HTTP: tokens, the caller's event log, health."""
 
+import asyncio
+import threading
+import time
 import uuid
 from typing import Any
 
 import pytest
+from django.db import DatabaseError
+from django.test import AsyncClient
 from rest_framework.test import APIClient
 
 from config.settings import redis_channel_layers
+from notifications import views
 from notifications.models import Event
 from notifications.services import event_record
 from tests.servers import free_port
@@ -160,3 +166,29 @@ def test_healthz_is_503_when_the_layer_is_down(transactional_db: None, settings:
     assert body["status"] == "unavailable"
     assert body["channel_layer"]["ok"] is False
     assert body["database"] == {"ok": True}
+
+
+async def test_healthz_answers_in_time_while_the_database_hangs(
+    transactional_db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A check that never returns is answered as a timeout, and kept until its thread lets go."""
+    release = threading.Event()
+
+    def hangs() -> None:
+        release.wait(timeout=30)  # Released below; the bound only guards against a broken test.
+        raise DatabaseError("gave up")
+
+    monkeypatch.setattr("notifications.views.events_pending_summary", hangs)
+    monkeypatch.setattr("notifications.views.HEALTH_TIMEOUT_SECONDS", 0.05)
+    try:
+        started = time.monotonic()
+        response = await AsyncClient().get("/healthz")
+        assert time.monotonic() - started < 1
+        assert response.status_code == 503
+        assert response.json()["database"] == {"ok": False, "error": "timeout"}
+        assert response.json()["pending_events"] == {"count": None, "oldest_age_seconds": None}
+        assert len(views._stragglers) == 1
+    finally:
+        release.set()
+    await asyncio.wait_for(asyncio.gather(*views._stragglers, return_exceptions=True), timeout=5)
+    assert not views._stragglers

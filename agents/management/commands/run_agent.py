@@ -8,6 +8,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
 
 from agents.exceptions import RunRefused
 from agents.models import AgentRun, RunStatus
@@ -29,6 +30,7 @@ EXIT_CODES = {
     RunStatus.CANCELLED: 130,
 }
 EXIT_USAGE = 2
+EXIT_FAILED = EXIT_CODES[RunStatus.FAILED]
 
 
 class Command(BaseCommand):
@@ -48,7 +50,10 @@ class Command(BaseCommand):
             run_input = json_parse(input)
         except InvalidJson as exc:
             raise CommandError(f"--input: {exc}", returncode=EXIT_USAGE) from None
-        user_id = get_user_model()._default_manager.filter(username=user).values_list("pk", flat=True).first()
+        try:
+            user_id = get_user_model()._default_manager.filter(username=user).values_list("pk", flat=True).first()
+        except DatabaseError as exc:
+            raise CommandError(f"The database is unavailable: {exc}", returncode=EXIT_FAILED) from None
         if user_id is None:
             raise CommandError(f"No user named {user!r}.", returncode=EXIT_USAGE)
         status = asyncio.run(self._run(user_id=user_id, agent=agent, run_input=run_input, run_timeout=timeout))
@@ -62,10 +67,14 @@ class Command(BaseCommand):
 
         def interrupt() -> None:
             # Ctrl-C (or SIGTERM) cancels the run; it then records its end and we exit.
+            # A second one stops waiting for that end (the database is down): the
+            # reaper of drain_events ends the run instead.
             nonlocal interrupted
-            interrupted = True
+            again, interrupted = interrupted, True
             for run in started:
                 supervisor.cancel(run.id, reason=INTERRUPT_REASON)
+                if again:
+                    supervisor.abandon_end(run.id)
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, interrupt)
@@ -76,11 +85,18 @@ class Command(BaseCommand):
                 )
             except RunRefused as exc:
                 raise CommandError(exc.detail, returncode=EXIT_USAGE) from None
+            except DatabaseError as exc:
+                raise CommandError(f"The database is unavailable: {exc}", returncode=EXIT_FAILED) from None
             started.append(run)
             if interrupted:
                 interrupt()
             await supervisor.join(run.id)
-            ended: AgentRun = await database_sync_to_async(AgentRun.objects.get)(pk=run.id)
+            try:
+                ended: AgentRun = await database_sync_to_async(AgentRun.objects.get)(pk=run.id)
+            except DatabaseError as exc:
+                raise CommandError(
+                    f"The run's outcome could not be read, the database is unavailable: {exc}", returncode=EXIT_FAILED
+                ) from None
             return RunStatus(ended.status)
         finally:
             await supervisor.shutdown(timeout_seconds=5)

@@ -1,6 +1,7 @@
 """Publish events whose publish failed, until stopped (or once with --once)."""
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -12,6 +13,7 @@ from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
 from django.utils.module_loading import import_string
 
 from notifications.drain import BatchResult, adrain_batch, pending_counts
@@ -107,9 +109,14 @@ class Command(BaseCommand):
                     f"stuck after {options['max_attempts']} attempts; {mode})."
                 )
             await self._drain(options, hooks, stop, totals)
-            pending, stuck = await database_sync_to_async(pending_counts)(max_attempts=options["max_attempts"])
             limit = options["max_attempts"]
-            self.stdout.write(f"Done: {totals.line()}; still pending {pending} ({stuck} stuck at {limit}+ attempts).")
+            try:
+                pending, stuck = await database_sync_to_async(pending_counts)(max_attempts=limit)
+            except DatabaseError as exc:
+                self.stdout.write(f"Done: {totals.line()}; pending unknown (database unavailable: {exc}).")
+            else:
+                still = f"still pending {pending} ({stuck} stuck at {limit}+ attempts)"
+                self.stdout.write(f"Done: {totals.line()}; {still}.")
             try:
                 await asyncio.wait_for(alayer_close(), timeout=CLOSE_TIMEOUT_SECONDS)
             except Exception as exc:  # The process is ending; its sockets close with it.
@@ -132,14 +139,24 @@ class Command(BaseCommand):
             if time.monotonic() >= next_hooks:
                 await self._run_hooks(hooks)
                 next_hooks = time.monotonic() + settings.DRAIN_HOOK_SECONDS
-            result: BatchResult = await adrain_batch(
-                batch_size=options["batch_size"],
-                min_age_seconds=options["min_age"],
-                backoff=not options["once"],
-                exclude=tried_and_failed,
-                stop=stop,
-                on_claimed=self._claimed if self.verbosity >= 3 else None,
-            )
+            try:
+                result: BatchResult = await adrain_batch(
+                    batch_size=options["batch_size"],
+                    min_age_seconds=options["min_age"],
+                    backoff=not options["once"],
+                    exclude=tried_and_failed,
+                    stop=stop,
+                    on_claimed=self._claimed if self.verbosity >= 3 else None,
+                )
+            except DatabaseError as exc:
+                # Claims and records are each one short transaction: a failed one
+                # changed nothing, and events it had leased return when the lease ends.
+                if options["once"]:
+                    raise CommandError(f"The database is unavailable: {exc}", returncode=1) from None
+                self.stderr.write(f"Database unavailable, retrying in {options['poll_interval']:g}s: {exc}")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=options["poll_interval"])
+                continue
             totals.published += result.published
             totals.failed_attempts += result.failed
             if options["once"]:

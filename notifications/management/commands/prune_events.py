@@ -9,6 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
 from django.utils import timezone
 
 from notifications.retention import events_prunable, events_prune_batch
@@ -42,7 +43,13 @@ class Command(BaseCommand):
         previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
         try:
             while True:
-                self.prune(days=days, batch_size=batch_size, dry_run=dry_run, stop=stop)
+                try:
+                    self.prune(days=days, batch_size=batch_size, dry_run=dry_run, stop=stop)
+                except DatabaseError as exc:
+                    # Each batch is its own transaction: what was deleted stays deleted.
+                    if not every:
+                        raise CommandError(f"The database is unavailable: {exc}", returncode=1) from None
+                    self.stderr.write(f"Database unavailable, trying again in {every:g}s: {exc}")
                 if not every or stop.wait(every):
                     break
         finally:
