@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import DatabaseError
 from django.utils import timezone
 
-from notifications.exceptions import InvalidEventData, InvalidJson
+from notifications.exceptions import DATABASE_UNAVAILABLE, InvalidEventData, InvalidJson
 from notifications.jsonlimits import json_encoded_size
 from notifications.models import Event, EventType
 from notifications.services import aevent_record, aevents_record_if
@@ -50,7 +49,8 @@ class Outcome:
 def user_message(exc: BaseException) -> str:
     """What the user may read about a failure: our own errors' text, otherwise only the type."""
     if isinstance(exc, AgentError):
-        return str(exc)[:MESSAGE_MAX_CHARS]
+        # (Without NUL, which the log cannot store: the run's end must always be writable.)
+        return str(exc).replace("\x00", "")[:MESSAGE_MAX_CHARS]
     return f"The agent failed with an internal error ({type(exc).__name__})."
 
 
@@ -134,7 +134,7 @@ class RunContext:
             except InvalidEventData:
                 self._lifecycle.restore(before)  # Nothing was written.
                 raise
-            except DatabaseError as exc:
+            except DATABASE_UNAVAILABLE as exc:
                 self._lifecycle.restore(before)
                 self.unavailable = True
                 logger.warning("Run %s could not record %s; it ends as unavailable: %s", self.run_id, event, exc)
@@ -228,7 +228,7 @@ class RunContext:
         while True:
             try:
                 return await write()
-            except DatabaseError as exc:
+            except DATABASE_UNAVAILABLE as exc:
                 if self._end_abandoned.is_set():
                     logger.warning("The end of run %s was not recorded; the reaper will end it: %s", self.run_id, exc)
                     return []
@@ -262,7 +262,7 @@ async def run_execute(spec: AgentSpec, ctx: RunContext, timeout_seconds: float) 
     ctx.running = True
     try:
         started = await _uncancellable(ctx._start())
-    except DatabaseError as exc:
+    except DATABASE_UNAVAILABLE as exc:
         logger.warning("Run %s could not start; it ends as unavailable: %s", ctx.run_id, exc)
         ctx.unavailable = started = True
     if not started:

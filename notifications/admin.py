@@ -58,6 +58,13 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         except ValueError:
             return queryset.filter(user__username=term), False
 
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        """The list page; a search or filter holding NUL is refused with a message (PostgreSQL cannot compare it)."""
+        if any("\x00" in value for values in request.GET.lists() for value in values[1]):
+            self.message_user(request, "Searches and filters cannot contain NUL characters.", messages.ERROR)
+            return HttpResponseRedirect(request.path)
+        return super().changelist_view(request, extra_context)
+
     def response_action(
         self, request: HttpRequest, queryset: QuerySet[Any], *args: Any, **kwargs: Any
     ) -> HttpResponse | None:

@@ -1,5 +1,11 @@
 """Errors raised by the notifications app."""
 
+from django.db import InterfaceError, OperationalError
+
+# The database errors that mean it could not be reached or did not answer in
+# time (the caller may retry), as opposed to refusing what it was asked.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
+
 
 class NotificationsError(Exception):
     """Base class for this app's errors."""

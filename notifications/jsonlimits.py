@@ -13,11 +13,14 @@ from django.conf import settings
 
 from .exceptions import InvalidJson
 
+NUL_REFUSED = "Strings with NUL characters (\\u0000) are refused."
+
 
 def json_parse(text: str | bytes, *, max_depth: int | None = None) -> Any:
     """Parse one JSON document; raise ``InvalidJson`` if it is malformed or nested too deeply.
 
-    ``NaN`` and ``Infinity``, which Python's parser accepts, are refused: they are not JSON.
+    ``NaN`` and ``Infinity``, which Python's parser accepts, are refused: they are not JSON. So are
+    strings with NUL characters, which PostgreSQL cannot store.
 
     ``max_depth`` defaults to ``JSON_MAX_DEPTH``: the number of arrays and
     objects that may enclose one another (``{"a": [1]}`` is 2 deep).
@@ -29,20 +32,28 @@ def json_parse(text: str | bytes, *, max_depth: int | None = None) -> Any:
         raise InvalidJson(_too_deep(limit)) from None
     except ValueError as exc:  # (UnicodeDecodeError included.)
         raise InvalidJson(f"Not valid JSON: {exc}") from None
-    json_depth_check(value, max_depth=limit)
+    json_value_check(value, max_depth=limit)
     return value
 
 
-def json_depth_check(value: object, *, max_depth: int) -> None:
-    """Raise ``InvalidJson`` if lists and dicts in ``value`` nest deeper than ``max_depth``.
+def json_value_check(value: object, *, max_depth: int) -> None:
+    """Raise ``InvalidJson`` if lists and dicts in ``value`` nest deeper than ``max_depth``, or a string holds NUL.
 
-    Iterative, so it cannot overflow the stack itself, and it stops at the
-    first level past the limit, so a cycle ends there too.
+    PostgreSQL cannot store NUL (``\\u0000``) in JSON, so it is refused
+    here rather than failing the write. Iterative, so it cannot overflow the
+    stack itself, and it stops at the first level past the limit, so a cycle
+    ends there too.
     """
     stack: list[tuple[object, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                raise InvalidJson(NUL_REFUSED)
+            continue
         if isinstance(node, dict):
+            if any(isinstance(key, str) and "\x00" in key for key in node):
+                raise InvalidJson(NUL_REFUSED)
             children: Any = node.values()
         elif isinstance(node, list | tuple):
             children = node
@@ -56,10 +67,10 @@ def json_depth_check(value: object, *, max_depth: int) -> None:
 def json_encoded_size(value: object, *, max_depth: int) -> int:
     """Return the size in bytes of ``value`` as compact JSON; raise ``InvalidJson`` if it is not JSON.
 
-    Not JSON: nested deeper than ``max_depth``, NaN or infinity, or a value
-    of a type JSON does not have.
+    Not JSON here: nested deeper than ``max_depth``, a string with NUL, NaN
+    or infinity, or a value of a type JSON does not have.
     """
-    json_depth_check(value, max_depth=max_depth)
+    json_value_check(value, max_depth=max_depth)
     try:
         encoded = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError) as exc:

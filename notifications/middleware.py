@@ -6,9 +6,10 @@ from http import HTTPStatus
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.core.exceptions import BadRequest, PermissionDenied, SuspiciousOperation
-from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponseBase, JsonResponse
 from django.http.multipartparser import MultiPartParserError
+
+from .exceptions import DATABASE_UNAVAILABLE
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class ApiErrorsMiddleware:
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponseBase | None:
         if not request.path.startswith(API_PREFIX) or isinstance(exception, DJANGO_ANSWERS):
             return None  # Django answers these itself (404, 403, 400), and __call__ makes that JSON.
-        if isinstance(exception, DatabaseError):
+        if isinstance(exception, DATABASE_UNAVAILABLE):
             logger.warning("%s %s: database unavailable: %s", request.method, request.path, exception)
             return _error("unavailable", "The database is unavailable; try again shortly.", 503)
         logger.error("%s %s failed", request.method, request.path, exc_info=exception)

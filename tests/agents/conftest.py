@@ -163,6 +163,11 @@ async def deep_tool_result(ctx: RunContext, input: dict[str, Any]) -> None:
     await ctx.tool("test_make_deep")
 
 
+@agent("test_nul_error", description="Fails with a message holding NUL, which the log cannot store.")
+async def nul_error(ctx: RunContext, input: dict[str, Any]) -> None:
+    raise AgentError("bad\x00 byte")
+
+
 @agent("test_swallows_cancel", description="Catches its cancellation and returns as if done.")
 async def swallows_cancel(ctx: RunContext, input: dict[str, Any]) -> str:
     await ctx.think("Waiting.")

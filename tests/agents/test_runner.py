@@ -105,6 +105,7 @@ async def test_exception_in_tool_is_reported_on_the_call_and_ends_the_run(alice:
         ("test_agent_error", "exception", "The upstream model refused the request."),
         ("test_bad_result", "exception", "The agent returned a result that is not JSON."),
         ("test_own_timeout_error", "exception", "The agent failed with an internal error (TimeoutError)."),
+        ("test_nul_error", "exception", "bad byte"),
     ],
 )
 async def test_agent_mistakes_end_in_one_agent_error(alice: Any, agent: str, kind: str, message: str) -> None:

@@ -34,6 +34,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("server_log_clean", "redi
             "JSON nested more than 32 levels deep is refused.",
         ),
         ('{"type": "ping", "ref": NaN}', "invalid_json", "Not valid JSON: NaN is not a JSON value"),
+        ('{"type": "ping", "ref": "\\u0000"}', "invalid_json", "Strings with NUL characters (\\u0000) are refused."),
         ("[1, 2]", "invalid_message", "A message must be a JSON object."),
         ('"ping"', "invalid_message", "A message must be a JSON object."),
         ("{}", "unknown_type", 'A message must have a "type" field.'),

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from notifications.exceptions import InvalidJson
-from notifications.jsonlimits import json_depth_check, json_encoded_size, json_parse
+from notifications.jsonlimits import json_encoded_size, json_parse, json_value_check
 
 
 def nested(depth: int) -> str:
@@ -42,13 +42,13 @@ def test_depth_check_stops_on_a_cycle() -> None:
     loop: list[Any] = []
     loop.append(loop)
     with pytest.raises(InvalidJson):
-        json_depth_check(loop, max_depth=10)
+        json_value_check(loop, max_depth=10)
 
 
 def test_depth_check_walks_wide_values_and_tuples() -> None:
-    json_depth_check({"a": [1] * 10_000, "b": ({"c": 1},)}, max_depth=3)
+    json_value_check({"a": [1] * 10_000, "b": ({"c": 1},)}, max_depth=3)
     with pytest.raises(InvalidJson):
-        json_depth_check({"a": [1] * 10_000, "b": ({"c": []},)}, max_depth=3)
+        json_value_check({"a": [1] * 10_000, "b": ({"c": []},)}, max_depth=3)
 
 
 def test_encoded_size_is_compact_utf8_and_refuses_what_is_not_json() -> None:
@@ -60,3 +60,12 @@ def test_encoded_size_is_compact_utf8_and_refuses_what_is_not_json() -> None:
     for bad in bad_values:
         with pytest.raises(InvalidJson):
             json_encoded_size(bad, max_depth=3)
+
+
+@pytest.mark.parametrize("text", ['"\\u0000"', '{"a": ["x\\u0000y"]}', '{"\\u0000": 1}'])
+def test_nul_characters_are_refused_since_postgresql_cannot_store_them(text: str) -> None:
+    with pytest.raises(InvalidJson, match="NUL characters"):
+        json_parse(text)
+    with pytest.raises(InvalidJson, match="NUL characters"):
+        json_encoded_size(json.loads(text), max_depth=3)
+    assert json_parse('"\\\\u0000"') == "\\u0000"  # An escaped backslash, then text: no NUL.

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import OperationalError
+from django.db import DataError, OperationalError
 from django.test import Client
 
 from tests.console.conftest import console_env
@@ -75,6 +75,23 @@ def test_a_database_error_is_a_json_503_unavailable(debug: bool, alice: Any, mon
 
     monkeypatch.setattr("agents.views.runs_for_user", down)
     assert_error(api(alice).get("/api/runs/"), 503, "unavailable")
+
+
+def test_a_database_refusal_is_a_bug_not_an_outage(debug: bool, alice: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DataError, IntegrityError and the like say the query was wrong: retrying would not help."""
+
+    def refused(**kwargs: Any) -> Any:
+        raise DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
+
+    monkeypatch.setattr("agents.views.runs_for_user", refused)
+    assert_error(api(alice).get("/api/runs/"), 500, "server_error")
+
+
+def test_nul_in_run_input_is_a_400_not_a_failed_write(alice: Any) -> None:
+    body = '{"agent": "calculator", "input": {"expression": "1\\u0000"}}'
+    response = api(alice).post("/api/runs/", body, content_type="application/json")
+    assert_error(response, 400, "invalid_json")
+    assert "NUL characters" in response.json()["detail"]
 
 
 def test_pages_outside_the_api_keep_django_errors(alice: Any, settings: Any) -> None:
