@@ -9,9 +9,9 @@ Redis is talked to:
    concurrent drainers never pick the same user; on SQLite the IMMEDIATE
    transaction serialises the picks. A user with leased events is left to
    the drainer holding them until it records the batch or the lease ends.
-2. Send, outside any transaction: each user's events in seq order, stopping
-   at that user's first failure; nothing new starts once the drainer is
-   asked to stop or the batch runs out of time.
+2. Send, outside any transaction: the batch in (user, seq) order, pipelined
+   in one round trip per Redis server, and recorded as sent or failed whole;
+   nothing is sent once the drainer is asked to stop or runs out of time.
 3. Record, in a second short transaction: sent events are marked published
    (only those), failed ones count an attempt and back off, unsent ones are
    released.
@@ -35,7 +35,7 @@ from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from .models import Event, Stream
-from .services import aevent_send, publish_backoff_seconds
+from .services import aevents_send, publish_backoff_seconds
 
 SEND_TIMEOUT_SECONDS = 2.0
 LEASE_SECONDS = 60.0
@@ -119,8 +119,12 @@ def events_record(*, sent: list[uuid.UUID], failed: dict[uuid.UUID, tuple[int, s
     now = timezone.now()
     with transaction.atomic():
         Event.objects.filter(pk__in=sent).update(published_at=now, next_attempt_at=None, claimed_until=None)
-        for pk, (attempts, reason) in failed.items():
-            Event.objects.filter(pk=pk).update(
+        # One statement per (attempts, reason): a whole batch that failed together is one.
+        alike: dict[tuple[int, str], list[uuid.UUID]] = {}
+        for pk, outcome in failed.items():
+            alike.setdefault(outcome, []).append(pk)
+        for (attempts, reason), pks in alike.items():
+            Event.objects.filter(pk__in=pks).update(
                 publish_attempts=F("publish_attempts") + 1,
                 last_error=reason,
                 next_attempt_at=now + timedelta(seconds=publish_backoff_seconds(attempts + 1)),
@@ -163,23 +167,17 @@ async def adrain_batch(
 
 
 async def _send_all(events: list[Event], *, stop: asyncio.Event | None, deadline: float) -> dict[uuid.UUID, str | None]:
-    """Send each user's events in seq order, users side by side; a user's first failure ends their turn."""
-    by_user: dict[int, list[Event]] = {}
-    for event in events:
-        by_user.setdefault(event.user_id, []).append(event)
-    outcomes: dict[uuid.UUID, str | None] = {}
+    """Send the batch in (user, seq) order, in one pipelined round trip per Redis server.
 
-    async def send_in_order(user_events: list[Event]) -> None:
-        for event in user_events:
-            if (stop is not None and stop.is_set()) or time.monotonic() > deadline:
-                return
-            reason = await aevent_send(event=event, timeout_seconds=SEND_TIMEOUT_SECONDS)
-            outcomes[event.pk] = reason
-            if reason is not None:
-                return  # Later events of this user wait: they must not overtake this one.
-
-    await asyncio.gather(*(send_in_order(user_events) for user_events in by_user.values()))
-    return outcomes
+    It succeeds or fails whole: after a failure any of it may have gone out,
+    so all of it is retried (connections drop what they already have), and
+    no event of a user is ever recorded as sent after one of theirs that
+    was not.
+    """
+    if (stop is not None and stop.is_set()) or time.monotonic() > deadline:
+        return {}
+    reason = await aevents_send(events=events, timeout_seconds=SEND_TIMEOUT_SECONDS)
+    return dict.fromkeys((event.pk for event in events), reason)
 
 
 @dataclass(frozen=True, slots=True)

@@ -308,9 +308,9 @@ async def test_once_exits_1_when_redis_is_unreachable(drainers: Callable[..., Dr
     code, stdout, stderr = await asyncio.to_thread(drainer.finish)
     assert code == 1
     assert "Some events could not be published; they stay pending." in stderr
-    # The first failure ends the user's turn: the later two must not overtake it.
-    # With --max-attempts 1 that one failure makes the event stuck.
-    assert "Done: published 0, failed attempts 1; still pending 3 (1 stuck at 1+ attempts)." in stdout
+    # The batch goes in one pipeline and fails whole: none is recorded as sent, so none
+    # overtakes another, and each counts its attempt (with --max-attempts 1, stuck).
+    assert "Done: published 0, failed attempts 3; still pending 3 (3 stuck at 1+ attempts)." in stdout
 
 
 def test_in_memory_layer_is_refused_with_the_reason(transactional_db: None) -> None:

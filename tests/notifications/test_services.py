@@ -17,30 +17,11 @@ from config.settings import redis_channel_layers
 from notifications.exceptions import InvalidEventData, InvalidEventType
 from notifications.frames import event_frame, event_frame_text
 from notifications.models import Event, Stream
-from notifications.services import aevent_record, event_record, stream_ack, user_group_name
-from tests.conftest import SESSION_PREFIX
+from notifications.services import aevent_record, event_record, stream_ack
+from tests.notifications.conftest import member_of
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def layer(request: pytest.FixtureRequest, settings: Any) -> Any:
-    """Each test runs against both layers: the behaviour must not differ."""
-    if request.param == "memory":
-        settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    else:
-        redis_url = request.getfixturevalue("redis_url")
-        settings.CHANNEL_LAYERS = redis_channel_layers(redis_url=redis_url, layer="pubsub", prefix=SESSION_PREFIX)
-    layer = get_channel_layer()
-    yield layer
-    await layer.flush()
-
-
-async def member_of(layer: Any, user_id: int) -> str:
-    channel: str = await layer.new_channel()
-    await layer.group_add(user_group_name(user_id), channel)
-    return channel
 
 
 async def record(user_id: int, event: str = "agent_thinking", **data: Any) -> Event:
@@ -142,7 +123,7 @@ async def test_failed_publish_leaves_the_event_pending_and_does_not_raise(
     assert stored.published_at is None
     assert stored.publish_attempts == 1
     assert "ConnectionError" in stored.last_error
-    assert f"Publish failed for event {event.pk}" in caplog.text
+    assert f"Publish failed for 1 event(s) from {event.pk}" in caplog.text
 
 
 @pytest.mark.parametrize(

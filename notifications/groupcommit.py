@@ -1,0 +1,137 @@
+"""Group commit: the events that a process records at the same time are written together.
+
+Each event loop has one ``GroupWriter``. A caller queues its (already
+validated) event and waits; a writer task takes everything queued, writes it in
+one transaction (every user's seqs in one statement, every row in one
+insert), publishes the batch in one round trip, records the outcome, and
+only then hands each caller its row. Whatever queues meanwhile is the next
+batch, so under load a batch grows to what one round of the database takes,
+and alone an event is written at once: there is no waiting window. A few
+batches are in flight at once (``BATCHES_IN_FLIGHT``).
+
+The writer is a task of its own, so a caller that is cancelled while it
+waits cancels nothing: its event is still written and published with the
+others (or, if the batch failed, not written at all).
+"""
+
+import asyncio
+import logging
+import uuid
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .models import Event
+
+logger = logging.getLogger(__name__)
+
+BATCH_MAX_EVENTS = 500
+# Batches written at once. One batch's round trips (lock and advance the
+# streams, insert, commit, publish, mark) are mostly waiting: with a few in
+# flight, the next batch is written while the last one publishes. Batches
+# sharing a user take its stream row in turn, so its seqs stay gapless; their
+# publishes may cross, which connections repair from the log, as for any two
+# writers.
+BATCHES_IN_FLIGHT = 4
+
+
+@dataclass(frozen=True, slots=True)
+class EventFields:
+    """One validated event, before it has a seq."""
+
+    user_id: int
+    event: str
+    run_id: uuid.UUID
+    agent: str
+    data: dict[str, Any]
+
+
+WriteBatch = Callable[[list[EventFields]], Awaitable[list[Event | Exception]]]
+PublishBatch = Callable[[list[Event]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _Queued:
+    fields: EventFields
+    done: "asyncio.Future[Event]"
+
+
+@dataclass
+class GroupWriter:
+    """Write queued events in batches, publish each batch, and resolve each caller with its row.
+
+    ``write`` commits a batch and returns, in the same order, each event's
+    row or the exception that kept it out (or raises, having written
+    nothing); ``publish`` sends the committed rows and records the outcome
+    (it never raises for a layer failure).
+    """
+
+    write: WriteBatch
+    publish: PublishBatch
+    batches_in_flight: int = BATCHES_IN_FLIGHT
+    queue: list[_Queued] = field(default_factory=list)
+    tasks: "set[asyncio.Task[None]]" = field(default_factory=set)
+
+    async def record(self, fields: EventFields) -> Event:
+        """Queue one event; return its row once it is committed and its publish is recorded."""
+        loop = asyncio.get_running_loop()
+        queued = _Queued(fields, loop.create_future())
+        self.queue.append(queued)
+        if len(self.tasks) < self.batches_in_flight:
+            task = loop.create_task(self._run(), name="event-group-writer")
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        # Shielded: cancelling one caller must not cancel the batch it shares with others.
+        return await asyncio.shield(queued.done)
+
+    async def _run(self) -> None:
+        while self.queue:
+            batch, self.queue = self.queue[:BATCH_MAX_EVENTS], self.queue[BATCH_MAX_EVENTS:]
+            await self._batch(batch)
+
+    async def _batch(self, batch: list[_Queued]) -> None:
+        try:
+            results = await self.write([queued.fields for queued in batch])
+        except BaseException as exc:
+            # Nothing of the batch was written: each caller gets the error.
+            for queued in batch:
+                _settle(queued.done, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        rows = [result for result in results if isinstance(result, Event)]
+        try:
+            if rows:
+                await self.publish(rows)
+        except Exception:
+            # Written, maybe not published: the rows stay pending, and the drainer sends them.
+            logger.exception("Publishing a batch of %d events failed; they stay pending", len(rows))
+        finally:
+            for queued, result in zip(batch, results, strict=True):
+                _settle(queued.done, result)
+
+
+def _settle(done: "asyncio.Future[Event]", result: Event | BaseException) -> None:
+    if done.done():
+        return
+    if isinstance(result, Event):
+        done.set_result(result)
+    elif isinstance(result, Exception):
+        done.set_exception(result)
+        # A caller cancelled meanwhile never reads it; retrieve it so it is not reported as lost.
+        done.exception()
+    else:
+        done.cancel()
+
+
+_writers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupWriter]" = weakref.WeakKeyDictionary()
+
+
+def group_writer(*, write: WriteBatch, publish: PublishBatch) -> GroupWriter:
+    """The running loop's writer (made on first use)."""
+    loop = asyncio.get_running_loop()
+    writer = _writers.get(loop)
+    if writer is None:
+        writer = _writers[loop] = GroupWriter(write=write, publish=publish)
+    return writer

@@ -1,0 +1,231 @@
+"""notifications.groupcommit through aevent_record: concurrent events written and published together.
+
+The guarantees are the ones a single write has: durable before the caller
+returns, per-user seqs gapless and in the order the writes were asked for,
+nothing sent that was rolled back, nothing lost or sent twice whoever is
+cancelled, and a failed publish leaving exactly its events pending.
+"""
+
+import asyncio
+import threading
+import uuid
+from collections import Counter
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import DataError, OperationalError, connection
+
+from config.settings import redis_channel_layers
+from notifications import groupcommit, services
+from notifications.models import Event, Stream
+from notifications.services import aevent_record, event_record
+from tests.notifications.conftest import member_of
+from tests.servers import free_port
+
+
+async def record(user_id: int, index: int) -> Event:
+    return await aevent_record(
+        user_id=user_id, event="agent_thinking", run_id=uuid.uuid4(), agent="demo", data={"i": index}
+    )
+
+
+def logged(user_id: int) -> list[tuple[int, int]]:
+    """The user's (seq, i) in seq order."""
+    return [(event.seq, event.data["i"]) for event in Event.objects.filter(user_id=user_id).order_by("seq")]
+
+
+async def drain(layer: Any, channel: str, *, count: int) -> list[dict[str, Any]]:
+    return [await asyncio.wait_for(layer.receive(channel), timeout=5) for _ in range(count)]
+
+
+async def test_concurrent_writes_are_batched_gapless_and_each_writer_in_order(
+    layer: Any, make_user: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five sequential writers (one per user, as a run emits) among 400 writes fired at once."""
+    users = [await sync_to_async(make_user)() for _ in range(5)]
+    channels = {user.pk: await member_of(layer, user.pk) for user in users}
+    batches: list[int] = []
+    insert = services._events_insert
+
+    def counted(batch: list[Any]) -> list[Event]:
+        batches.append(len(batch))
+        return insert(batch)
+
+    async def sequential(user_id: int) -> list[Event]:
+        return [await record(user_id, 1000 + index) for index in range(20)]
+
+    monkeypatch.setattr(services, "_events_insert", counted)
+    fired = [record(users[index % 5].pk, index) for index in range(400)]
+    results = await asyncio.gather(*fired, *(sequential(user.pk) for user in users))
+    assert len(batches) < 200 and sum(batches) == 500  # Together, not one transaction each.
+    for user in users:
+        log = await sync_to_async(logged)(user.pk)
+        assert [seq for seq, _ in log] == list(range(1, 101))  # Gapless from 1.
+        mine = [index for _, index in log if index >= 1000]
+        assert mine == sorted(mine) and len(mine) == 20  # A sequential writer's events stay in its order.
+        received = await drain(layer, channels[user.pk], count=100)
+        # Each once; batches in flight together may publish out of order, which connections repair.
+        assert sorted(message["seq"] for message in received) == list(range(1, 101))
+    fired_rows: list[Any] = list(results[:400])
+    rows = fired_rows + [row for batch in results[400:] for row in batch]  # type: ignore[attr-defined]
+    stored_ids = await sync_to_async(lambda: set(Event.objects.values_list("id", flat=True)))()
+    assert {row.id for row in rows} == stored_ids
+    assert await Event.objects.filter(published_at__isnull=True).acount() == 0
+
+
+def test_batches_of_many_loops_and_single_writes_share_users_without_a_gap_or_deadlock(make_user: Any) -> None:
+    """Four threads, each its own loop and connection (as separate processes would be), with the sync writer."""
+    users = [make_user() for _ in range(3)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(5)
+
+    async def batched(offset: int) -> None:
+        await asyncio.gather(*(record(users[(offset + index) % 3].pk, index) for index in range(90)))
+        await services.alayer_close()
+
+    def loop_writer(offset: int) -> None:
+        try:
+            start.wait(timeout=10)
+            asyncio.run(batched(offset))
+        except BaseException as exc:  # Reported below.
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    def single_writer() -> None:
+        try:
+            start.wait(timeout=10)
+            for index in range(30):
+                event_record(
+                    user_id=users[index % 3].pk,
+                    event="agent_thinking",
+                    run_id=uuid.uuid4(),
+                    agent="demo",
+                    data={"i": index},
+                )
+        except BaseException as exc:  # Reported below.
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=loop_writer, args=(offset,)) for offset in range(4)]
+    threads.append(threading.Thread(target=single_writer))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    for user in users:
+        seqs = [seq for seq, _ in logged(user.pk)]
+        assert seqs == list(range(1, 4 * 30 + 10 + 1))
+        assert Stream.objects.get(user_id=user.pk).last_seq == seqs[-1]
+
+
+async def test_a_batch_whose_write_fails_publishes_nothing_and_fails_every_caller(
+    layer: Any, alice: Any, bob: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watcher = await member_of(layer, alice.pk)
+    copy = services._events_copy
+
+    def failing_commit(rows: list[Event]) -> None:
+        copy(rows)  # Written, and the streams advanced: then the connection goes.
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(services, "_events_copy", failing_commit)
+    results = await asyncio.gather(
+        *(record((alice if index % 2 else bob).pk, index) for index in range(20)), return_exceptions=True
+    )
+    assert [type(result) for result in results] == [OperationalError] * 20
+    assert await Event.objects.acount() == 0
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(layer.receive(watcher), timeout=0.2)
+
+    monkeypatch.setattr(services, "_events_copy", copy)
+    event = await record(alice.pk, 99)
+    assert event.seq == 1  # The failed batch's seqs were rolled back with it.
+
+
+async def test_an_event_the_database_refuses_fails_only_its_own_caller(
+    layer: Any, alice: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    insert = services._events_insert
+
+    def refuses_13(batch: list[Any]) -> list[Event]:
+        if any(fields.data["i"] == 13 for fields in batch):
+            raise DataError("value out of range")
+        return insert(batch)
+
+    monkeypatch.setattr(services, "_events_insert", refuses_13)
+    results = await asyncio.gather(*(record(alice.pk, index) for index in range(30)), return_exceptions=True)
+    failed = [index for index, result in enumerate(results) if isinstance(result, Exception)]
+    assert failed == [13] and isinstance(results[13], DataError)
+    assert [index for _, index in await sync_to_async(logged)(alice.pk)] == [i for i in range(30) if i != 13]
+    assert [seq for seq, _ in await sync_to_async(logged)(alice.pk)] == list(range(1, 30))
+
+
+async def test_cancelled_callers_lose_and_duplicate_nothing(
+    layer: Any, alice: Any, bob: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    channels = {user.pk: await member_of(layer, user.pk) for user in (alice, bob)}
+    insert = services._events_insert
+    entered, release = threading.Event(), threading.Event()
+
+    def held(batch: list[Any]) -> list[Event]:
+        entered.set()
+        release.wait(timeout=10)  # Released below, once callers are cancelled.
+        return insert(batch)
+
+    monkeypatch.setattr(services, "_events_insert", held)
+    first = asyncio.ensure_future(record(alice.pk, 0))  # Its batch is held in the database.
+    await asyncio.to_thread(entered.wait, 5)
+    waiting = [asyncio.ensure_future(record((alice if index % 2 else bob).pk, index)) for index in range(1, 41)]
+    await asyncio.sleep(0)  # Every caller is queued behind the held batch.
+    for task in waiting[::3]:
+        task.cancel()
+    first.cancel()
+    release.set()
+    results = await asyncio.gather(first, *waiting, return_exceptions=True)
+    cancelled = [result for result in results if isinstance(result, asyncio.CancelledError)]
+    assert len(cancelled) == 1 + len(waiting[::3])
+    assert all(isinstance(result, Event) or isinstance(result, asyncio.CancelledError) for result in results)
+    # Every event was written once (the cancelled callers' too: they were already queued) and sent once.
+    for user, count in ((alice, 21), (bob, 20)):
+        log = await sync_to_async(logged)(user.pk)
+        assert [seq for seq, _ in log] == list(range(1, count + 1))
+        received = await drain(layer, channels[user.pk], count=count)
+        assert sorted(message["seq"] for message in received) == list(range(1, count + 1))
+    indexes = await sync_to_async(lambda: Counter(Event.objects.values_list("data__i", flat=True)))()
+    assert indexes == Counter(range(41))
+    await _no_writer_left()
+    assert await Event.objects.filter(published_at__isnull=True).acount() == 0
+
+
+async def test_a_failed_publish_leaves_exactly_that_batch_pending(
+    alice: Any, bob: Any, settings: Any, redis_url: str
+) -> None:
+    settings.CHANNEL_LAYERS = redis_channel_layers(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", layer="pubsub", prefix="down"
+    )
+    down = await asyncio.gather(*(record((alice if index % 2 else bob).pk, index) for index in range(20)))
+    await services.alayer_close()
+    settings.CHANNEL_LAYERS = redis_channel_layers(redis_url=redis_url, layer="pubsub", prefix="up")
+    up = await asyncio.gather(*(record(alice.pk, index) for index in range(20, 30)))
+    await services.alayer_close()
+    pending = await sync_to_async(
+        lambda: set(Event.objects.filter(published_at__isnull=True).values_list("id", flat=True))
+    )()
+    assert pending == {row.id for row in down}
+    stored = await sync_to_async(lambda: list(Event.objects.filter(pk__in=pending)))()
+    assert {(row.publish_attempts, bool(row.last_error), row.next_attempt_at is not None) for row in stored} == {
+        (1, True, True)
+    }
+    assert await Event.objects.filter(pk__in=[row.id for row in up], published_at__isnull=False).acount() == 10
+
+
+async def _no_writer_left() -> None:
+    """The writer task ends when its queue is empty."""
+    writer = groupcommit.group_writer(write=services._aevents_write, publish=services._aevents_publish)
+    if writer.tasks:
+        await asyncio.wait_for(asyncio.gather(*writer.tasks), timeout=5)
+    assert not writer.tasks and not writer.queue
