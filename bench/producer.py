@@ -75,7 +75,7 @@ async def pace(users: list[int], rate: float, seconds: float, one: Emit) -> dict
     tasks: set[asyncio.Task[None]] = set()
     per_user: Counter[int] = Counter()
     count = 0
-    started, wall_start = time.perf_counter(), time.time()
+    started, wall_start, cpu_start = time.perf_counter(), time.time(), time.process_time()
     deadline = started + seconds
 
     async def guarded(user_id: int, index: int, stamp: float) -> None:
@@ -101,6 +101,7 @@ async def pace(users: list[int], rate: float, seconds: float, one: Emit) -> dict
     return {
         "sent": count,
         "seconds": elapsed,
+        "cpu_seconds": time.process_time() - cpu_start,  # This process's, threads included.
         "rate": count / elapsed,
         "first_emit": wall_start,
         "per_user": {str(user): n for user, n in per_user.items()},

@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -211,9 +212,15 @@ def start_raw(machine: Machine, env: dict[str, str]) -> tuple[subprocess.Popen[A
     return server, f"ws://127.0.0.1:{port}/"
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load(
     machine: Machine, env: dict[str, str], *, mode: str, url: str, users: list[tuple[int, str | None]],
-    rate: float, seconds: float, layer: str = "pubsub",
+    rate: float, seconds: float, server_pid: int, layer: str = "pubsub",
 ) -> dict[str, Any]:  # fmt: skip
     """Connect the users, emit for ``seconds`` at ``rate`` (0: flat out), and count what arrived.
 
@@ -237,6 +244,18 @@ def load(
         "--rate", str(rate), "--seconds", str(seconds), "--out", str(sent_out), "--redis", env["REDIS_URL"],
         "--tag", tag,
     ]  # fmt: skip
+    # The server's CPU, sampled from the first emit until the last event arrived
+    # (the clients' idle wait for stragglers afterwards is left out).
+    samples: list[tuple[float, float]] = []
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.wait(0.1):
+            samples.append((time.time(), cpu_seconds(server_pid)))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    samples.append((time.time(), cpu_seconds(server_pid)))
+    sampler.start()
     with open(machine.workdir / f"{tag}.producer.log", "wb") as log:
         subprocess.run(
             producer, cwd=ROOT, env={**os.environ, **env, "CHANNEL_LAYER": layer}, check=True, timeout=600, stdout=log,
@@ -247,7 +266,11 @@ def load(
     clients.stdin.write(f"EXPECT {sent['sent']}\n")
     clients.stdin.flush()
     wait_line(clients, "DONE", 300 + idle_seconds)
+    sampling.set()
+    sampler.join(timeout=5)
     received = json.loads(clients_out.read_text())
+    until = received["last_received"] if received["received"] else sent["first_emit"] + sent["seconds"]
+    server_cpu = next((cpu for at, cpu in samples if at >= until), samples[-1][1]) - samples[0][1]
     got = {int(user): set(seqs) for user, seqs in received.pop("seqs").items()}
     expected, pending = expected_seqs(env, mode=mode, tag=tag, sent=sent)
     # Per user: every expected seq arrived, and nothing else did.
@@ -270,6 +293,10 @@ def load(
         "duplicates": received["duplicates"],
         "out_of_order": received["out_of_order"],
         "latency_ms": received["latency_ms"],
+        # CPU per event sent: the producer's while it emitted, the server's from the
+        # first emit until the last arrival (to within the 0.1 s sampling).
+        "producer_cpu_us_per_event": round(sent["cpu_seconds"] / max(sent["sent"], 1) * 1e6, 1),
+        "server_cpu_us_per_event": round(server_cpu / max(sent["sent"], 1) * 1e6, 1),
     }
 
 
@@ -397,11 +424,14 @@ def main() -> None:
         ours_users: list[tuple[int, str | None]] = list(minted[: plan.users])
         raw_users: list[tuple[int, str | None]] = [(user, None) for user, _ in ours_users]
 
-        def runs(mode: str, url: str, users: list[tuple[int, str | None]], layer: str = "pubsub") -> dict[str, Any]:
+        def runs(
+            mode: str, url: str, users: list[tuple[int, str | None]], server_pid: int, layer: str = "pubsub"
+        ) -> dict[str, Any]:
             def one(rate: float, who: list[tuple[int, str | None]]) -> dict[str, Any]:
                 return load(
-                    machine, env, mode=mode, url=url, users=who, rate=rate, seconds=plan.load_seconds, layer=layer
-                )
+                    machine, env, mode=mode, url=url, users=who, rate=rate, seconds=plan.load_seconds,
+                    server_pid=server_pid, layer=layer,
+                )  # fmt: skip
 
             figures = {"max": one(0, users)}
             for rate in plan.rates:
@@ -411,14 +441,14 @@ def main() -> None:
             return figures
 
         raw, raw_url = start_raw(machine, env)
-        results["raw"] = runs("raw", raw_url, raw_users)
+        results["raw"] = runs("raw", raw_url, raw_users, raw.pid)
         machine.stop(raw)
         results["raw"]["idle"] = idle(
             machine, lambda: start_raw(machine, env), [(user, None) for user, _ in minted[: plan.idle_connections]]
         )
         for layer in ("pubsub", "core"):
             server, url = start_ours(machine, env, layer)
-            results[f"ours_{layer}"] = runs("ours", url, ours_users, layer)
+            results[f"ours_{layer}"] = runs("ours", url, ours_users, server.pid, layer)
             machine.stop(server)
         results["ours_pubsub"]["idle"] = idle(
             machine, lambda: start_ours(machine, env, "pubsub"), list(minted[: plan.idle_connections])
@@ -455,6 +485,8 @@ def report(results: dict[str, Any], plan: Plan) -> None:
     row("delivered events/s, flat out", "max", lambda r: r["delivered_rate"])
     row("  lost+unexpected+duplicated+out of order+pending", "max", wrong)
     row("  p99 latency ms, flat out", "max", lambda r: r["latency_ms"]["p99"])
+    row("  producer CPU µs per event, flat out", "max", lambda r: r.get("producer_cpu_us_per_event"))
+    row("  server CPU µs per event, flat out", "max", lambda r: r.get("server_cpu_us_per_event"))
     for rate in plan.rates:
         row(f"p50 latency ms at {rate}/s", f"at_{rate}", lambda r: r["latency_ms"]["p50"])
         row(f"p99 latency ms at {rate}/s", f"at_{rate}", lambda r: r["latency_ms"]["p99"])

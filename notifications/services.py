@@ -43,9 +43,10 @@ AGENT_NAME_MAX_CHARS = 100
 # thread-sensitive calls share: each commit waits for the WAL flush, and
 # writes queued behind one another on a single connection cap a process at
 # one flush at a time (about 180 events/s measured on PostgreSQL here).
-# Concurrent writes are flushed together. Each user's writers still queue on
-# that user's Stream row, so seqs stay gapless and in order; publishes may
-# then reach the layer out of order, which connections repair from the log.
+# Concurrent events of ``aevent_record`` share a transaction (groupcommit),
+# and a few such batches are in flight at once. Each user's writers still
+# queue on that user's Stream row, so seqs stay gapless; publishes may then
+# reach the layer out of order, which connections repair from the log.
 adb_write = partial(database_sync_to_async, thread_sensitive=False)
 
 
