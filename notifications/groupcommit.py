@@ -12,6 +12,12 @@ batches are in flight at once (``BATCHES_IN_FLIGHT``).
 The writer is a task of its own, so a caller that is cancelled while it
 waits cancels nothing: its event is still written and published with the
 others (or, if the batch failed, not written at all).
+
+Only ``aevent_record`` goes through here. ``aevents_record_if`` (a
+condition and its events in one transaction) and ``event_record`` inside
+a caller's ``atomic`` stay on their own transactions: their events must
+commit or roll back with the caller's own writes, which would otherwise
+decide the fate of strangers' events in the same batch.
 """
 
 import asyncio
