@@ -55,7 +55,7 @@ def evaluate(expression: str) -> Number:
 def _value(node: ast.expr) -> Number:
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
         value: Number = node.value  # type: ignore[assignment]
-        return value
+        return _checked(value)  # A literal such as 1e999 is already infinite.
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _checked(_UNARY[type(node.op)](_value(node.operand)))
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:

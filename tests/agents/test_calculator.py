@@ -50,6 +50,8 @@ def test_whole_results_are_integers() -> None:
         ("9**9**9", "Exponents are limited to 10000."),
         ("(10**1000)**5000", "The result is too large."),
         ("1e308 * 10", "The result is too large."),
+        ("1e999", "The result is too large."),
+        ("-1e999 + 1", "The result is too large."),
         ("(-8) ** 0.5", "The result is not a real number."),
         ("1+" * 300 + "1", "longer than 500 characters"),
         ("-" * 150 + "1", "too complex"),
