@@ -42,7 +42,7 @@ def evaluate(expression: str) -> Number:
         raise InvalidExpression(f"The expression is longer than {EXPRESSION_MAX_CHARS} characters.")
     try:
         tree = ast.parse(expression, mode="eval")
-    except SyntaxError:
+    except (SyntaxError, ValueError):  # ValueError: text with a lone surrogate cannot even be encoded.
         raise InvalidExpression(f"{expression!r} is not a valid arithmetic expression.") from None
     if sum(1 for _ in ast.walk(tree)) > NODES_MAX:
         raise InvalidExpression("The expression is too complex.")

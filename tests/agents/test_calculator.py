@@ -36,6 +36,7 @@ def test_whole_results_are_integers() -> None:
     [
         ("", "The expression is empty."),
         ("2*(3+", "is not a valid arithmetic expression"),
+        ("1 + \ud800", "is not a valid arithmetic expression"),
         ("__import__('os').system('true')", "Unsupported syntax"),
         ("abs(-1)", "Unsupported syntax"),
         ("x + 1", "Unsupported syntax"),
