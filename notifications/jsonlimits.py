@@ -7,6 +7,7 @@ and everything stored as JSON is measured here, with the depth checked first.
 """
 
 import json
+import math
 from typing import Any
 
 from django.conf import settings
@@ -19,7 +20,8 @@ NUL_REFUSED = "Strings with NUL characters (\\u0000) are refused."
 def json_parse(text: str | bytes, *, max_depth: int | None = None) -> Any:
     """Parse one JSON document; raise ``InvalidJson`` if it is malformed or nested too deeply.
 
-    ``NaN`` and ``Infinity``, which Python's parser accepts, are refused: they are not JSON. So are
+    ``NaN`` and ``Infinity``, which Python's parser accepts, are refused: they are not JSON. So
+    is a number too large for a float (``1e999``), which Python would read as infinity, and so are
     strings with NUL characters, which PostgreSQL cannot store.
 
     ``max_depth`` defaults to ``JSON_MAX_DEPTH``: the number of arrays and
@@ -27,7 +29,7 @@ def json_parse(text: str | bytes, *, max_depth: int | None = None) -> Any:
     """
     limit = settings.JSON_MAX_DEPTH if max_depth is None else max_depth
     try:
-        value = json.loads(text, parse_constant=_constant_refuse)
+        value = json.loads(text, parse_constant=_constant_refuse, parse_float=_float_finite)
     except RecursionError:  # The C parser bails out cleanly, long before the stack is at risk.
         raise InvalidJson(_too_deep(limit)) from None
     except ValueError as exc:  # (UnicodeDecodeError included.)
@@ -80,6 +82,13 @@ def json_encoded_size(value: object, *, max_depth: int) -> int:
 
 def _constant_refuse(name: str) -> None:
     raise ValueError(f"{name} is not a JSON value")
+
+
+def _float_finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]}{'...' if len(text) > 20 else ''} is out of range for a number")
+    return value
 
 
 def _too_deep(limit: int) -> str:

@@ -32,7 +32,10 @@ def test_objects_count_as_levels_too() -> None:
         json_parse(text, max_depth=2)
 
 
-@pytest.mark.parametrize("text", ["", "{", "nul", '{"a": NaN}', "[Infinity]", "[-Infinity]", b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "{", "nul", '{"a": NaN}', "[Infinity]", "[-Infinity]", b"\xff\xfe", "[1e999]", "-1e400", "9" * 400 + ".0"],
+)
 def test_malformed_documents_and_non_json_constants_are_refused(text: str | bytes) -> None:
     with pytest.raises(InvalidJson, match="Not valid JSON"):
         json_parse(text)
