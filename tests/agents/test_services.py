@@ -29,6 +29,7 @@ from tests.agents.conftest import deeply_nested
         ("demo", {"pad": "x" * 20_000}, None, InvalidRunInput, "the limit is 16384"),
         ("demo", {"x": deeply_nested(5_000)}, None, InvalidRunInput, "JSON nested more than 32 levels deep"),
         ("demo", {"x": float("nan")}, None, InvalidRunInput, "input must be JSON: Not JSON-serialisable"),
+        ("calculator", {"expression": "\ud800"}, None, InvalidRunInput, "input must be JSON: A string holds a lone"),
         ("demo", {}, 0, InvalidRunInput, "timeout must be a number of seconds above 0 and at most 600."),
         ("demo", {}, 601, InvalidRunInput, "at most 600"),
         ("demo", {}, "10", InvalidRunInput, "timeout must be a number"),

@@ -59,7 +59,7 @@ def test_encoded_size_is_compact_utf8_and_refuses_what_is_not_json() -> None:
     assert json_encoded_size(value, max_depth=2) == len(
         json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
     )
-    bad_values: list[dict[str, Any]] = [{"x": float("nan")}, {"x": object()}, {"x": [[[]]]}]
+    bad_values: list[dict[str, Any]] = [{"x": float("nan")}, {"x": object()}, {"x": [[[]]]}, {"x": "\ud800"}]
     for bad in bad_values:
         with pytest.raises(InvalidJson):
             json_encoded_size(bad, max_depth=3)
@@ -72,3 +72,13 @@ def test_nul_characters_are_refused_since_postgresql_cannot_store_them(text: str
     with pytest.raises(InvalidJson, match="NUL characters"):
         json_encoded_size(json.loads(text), max_depth=3)
     assert json_parse('"\\\\u0000"') == "\\u0000"  # An escaped backslash, then text: no NUL.
+
+
+@pytest.mark.parametrize("text", ['"\\ud800"', '{"\\udfff": 1}', '["a\\udc00\\ud800b"]', b'["\\ud800"]'])
+def test_lone_surrogates_are_refused_since_no_utf8_can_carry_them(text: str | bytes) -> None:
+    with pytest.raises(InvalidJson, match=r"lone surrogate \('\\ud"):
+        json_parse(text)
+
+
+def test_a_surrogate_pair_is_one_character() -> None:
+    assert json_parse('"\\ud83d\\ude00"') == "\U0001f600"

@@ -38,6 +38,8 @@ def test_auth_repr_never_shows_the_token() -> None:
         ('{"type": "ack", "seq": 1, "extra": 1}', "invalid_message"),
         ('{"type": "auth", "token": 5}', "invalid_message"),
         ('{"type": "auth", "token": "' + "t" * 4097 + '"}', "invalid_message"),
+        ('{"type": "ping", "ref": "\\ud800"}', "invalid_json"),
+        ('{"type": "ping", "\\udfff": 1}', "invalid_json"),
     ],
 )
 def test_invalid_messages_raise_with_a_code(text: str, code: str) -> None:

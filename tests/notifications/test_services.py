@@ -152,6 +152,7 @@ async def test_failed_publish_leaves_the_event_pending_and_does_not_raise(
         ({"data": ["not", "an", "object"]}, InvalidEventData),
         ({"data": {"when": object()}}, InvalidEventData),
         ({"data": {"x": float("nan")}}, InvalidEventData),
+        ({"data": {"x": "\ud800"}}, InvalidEventData),
         ({"data": {"blob": "x" * (256 * 1024)}}, InvalidEventData),
         ({"run_id": "not-a-uuid"}, InvalidEventData),
         ({"agent": ""}, InvalidEventData),
