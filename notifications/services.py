@@ -179,6 +179,8 @@ def _event_validate(*, event: str, run_id: uuid.UUID | str, agent: str, data: ob
         raise InvalidEventType(f"Unknown event {event!r}; expected one of {', '.join(EventType.values)}.")
     if not isinstance(agent, str) or not agent or len(agent) > AGENT_NAME_MAX_CHARS:
         raise InvalidEventData(f"agent must be a non-empty string of at most {AGENT_NAME_MAX_CHARS} characters.")
+    if not _text_storable(agent):
+        raise InvalidEventData("agent must be text every database can store: no NUL, no lone surrogate.")
     if not isinstance(data, dict):
         raise InvalidEventData(f"data must be a JSON object, got {type(data).__name__}.")
     try:
@@ -191,6 +193,17 @@ def _event_validate(*, event: str, run_id: uuid.UUID | str, agent: str, data: ob
         return run_id if isinstance(run_id, uuid.UUID) else uuid.UUID(str(run_id))
     except ValueError:
         raise InvalidEventData(f"run_id must be a UUID, got {run_id!r}.") from None
+
+
+def _text_storable(text: str) -> bool:
+    """Whether both backends can store ``text``: PostgreSQL refuses NUL, and UTF-8 cannot carry a lone surrogate."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _event_write(*, user_id: int, event: str, run_id: uuid.UUID | str, agent: str, data: dict[str, Any]) -> Event:

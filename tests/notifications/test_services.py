@@ -156,6 +156,8 @@ async def test_failed_publish_leaves_the_event_pending_and_does_not_raise(
         ({"data": {"blob": "x" * (256 * 1024)}}, InvalidEventData),
         ({"run_id": "not-a-uuid"}, InvalidEventData),
         ({"agent": ""}, InvalidEventData),
+        ({"agent": "demo\x00"}, InvalidEventData),
+        ({"agent": "\udfff"}, InvalidEventData),
     ],
 )
 def test_invalid_events_are_refused_and_nothing_is_stored(alice: Any, kwargs: dict[str, Any], error: type) -> None:
