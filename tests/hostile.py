@@ -85,6 +85,17 @@ def json_depth(value: Any) -> int:
     return 0
 
 
+def strings_in(value: Any) -> list[str]:
+    """Every string in ``value``, dict keys included."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for key, child in value.items() for text in strings_in(key) + strings_in(child)]
+    if isinstance(value, list | tuple):
+        return [text for child in value for text in strings_in(child)]
+    return []
+
+
 deep_values = st.builds(nested, json_values(max_leaves=4), st.integers(min_value=0, max_value=60))
 
 
