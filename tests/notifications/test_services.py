@@ -185,6 +185,18 @@ def test_invalid_events_are_refused_and_nothing_is_stored(alice: Any, kwargs: di
     assert not Stream.objects.filter(last_seq__gt=0).exists()
 
 
+def test_a_refusal_names_the_value_briefly_whatever_it_is(alice: Any) -> None:
+    arguments = {"user_id": alice.pk, "event": "agent_started", "run_id": uuid.uuid4(), "agent": "demo", "data": {}}
+    huge = 10**4300  # Too long for repr(), which raises ValueError.
+    with pytest.raises(InvalidEventType, match=r"^Unknown event <int>; expected one of agent_started, "):
+        event_record(**{**arguments, "event": huge})
+    with pytest.raises(InvalidEventData, match=r"^run_id must be a UUID, got <int>\.$"):
+        event_record(**{**arguments, "run_id": huge})
+    with pytest.raises(InvalidEventData, match=r"^run_id must be a UUID, got 'xxx+'\.\.\.\.$") as refused:
+        event_record(**{**arguments, "run_id": "x" * 1_000_000})
+    assert len(str(refused.value)) < 100
+
+
 def test_event_frame_is_the_documented_shape(alice: Any) -> None:
     event = event_record(user_id=alice.pk, event="agent_started", run_id=uuid.uuid4(), agent="demo", data={"input": {}})
     frame = event_frame(event)
