@@ -42,7 +42,7 @@ def evaluate(expression: str) -> Number:
         raise InvalidExpression(f"The expression is longer than {EXPRESSION_MAX_CHARS} characters.")
     try:
         tree = ast.parse(expression, mode="eval")
-    except SyntaxError:
+    except (SyntaxError, ValueError):  # ValueError: text with a lone surrogate cannot even be encoded.
         raise InvalidExpression(f"{expression!r} is not a valid arithmetic expression.") from None
     if sum(1 for _ in ast.walk(tree)) > NODES_MAX:
         raise InvalidExpression("The expression is too complex.")
@@ -55,7 +55,7 @@ def evaluate(expression: str) -> Number:
 def _value(node: ast.expr) -> Number:
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
         value: Number = node.value  # type: ignore[assignment]
-        return value
+        return _checked(value)  # A literal such as 1e999 is already infinite.
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _checked(_UNARY[type(node.op)](_value(node.operand)))
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:

@@ -7,6 +7,7 @@ and everything stored as JSON is measured here, with the depth checked first.
 """
 
 import json
+import math
 from typing import Any
 
 from django.conf import settings
@@ -19,20 +20,24 @@ NUL_REFUSED = "Strings with NUL characters (\\u0000) are refused."
 def json_parse(text: str | bytes, *, max_depth: int | None = None) -> Any:
     """Parse one JSON document; raise ``InvalidJson`` if it is malformed or nested too deeply.
 
-    ``NaN`` and ``Infinity``, which Python's parser accepts, are refused: they are not JSON. So are
-    strings with NUL characters, which PostgreSQL cannot store.
+    ``NaN`` and ``Infinity``, which Python's parser accepts, are refused: they are not JSON. So
+    is a number too large for a float (``1e999``), which Python would read as infinity, and so are
+    strings with NUL characters, which PostgreSQL cannot store. So is a string holding a lone
+    surrogate (``"\\ud800"``, an escape without its pair): it parses, but no UTF-8 text can carry
+    it, so it could be neither stored nor sent back (an error frame quoting it, or a pong echoing
+    it, would fail).
 
     ``max_depth`` defaults to ``JSON_MAX_DEPTH``: the number of arrays and
     objects that may enclose one another (``{"a": [1]}`` is 2 deep).
     """
     limit = settings.JSON_MAX_DEPTH if max_depth is None else max_depth
     try:
-        value = json.loads(text, parse_constant=_constant_refuse)
+        value = json.loads(text, parse_constant=_constant_refuse, parse_float=_float_finite)
     except RecursionError:  # The C parser bails out cleanly, long before the stack is at risk.
         raise InvalidJson(_too_deep(limit)) from None
     except ValueError as exc:  # (UnicodeDecodeError included.)
         raise InvalidJson(f"Not valid JSON: {exc}") from None
-    json_value_check(value, max_depth=limit)
+    json_encoded_size(value, max_depth=limit)  # The depth, NUL, and strings that UTF-8 can carry.
     return value
 
 
@@ -68,18 +73,30 @@ def json_encoded_size(value: object, *, max_depth: int) -> int:
     """Return the size in bytes of ``value`` as compact JSON; raise ``InvalidJson`` if it is not JSON.
 
     Not JSON here: nested deeper than ``max_depth``, a string with NUL, NaN
-    or infinity, or a value of a type JSON does not have.
+    or infinity, a value of a type JSON does not have, or a string with a
+    lone surrogate.
     """
     json_value_check(value, max_depth=max_depth)
     try:
         encoded = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise InvalidJson(f"Not JSON-serialisable: {exc}") from None
-    return len(encoded.encode())
+    try:
+        return len(encoded.encode())
+    except UnicodeEncodeError as exc:
+        lone = exc.object[exc.start : exc.end][:1]
+        raise InvalidJson(f"A string holds a lone surrogate ({lone!r}), which UTF-8 cannot carry.") from None
 
 
 def _constant_refuse(name: str) -> None:
     raise ValueError(f"{name} is not a JSON value")
+
+
+def _float_finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]}{'...' if len(text) > 20 else ''} is out of range for a number")
+    return value
 
 
 def _too_deep(limit: int) -> str:

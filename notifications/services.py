@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 PUBLISH_TIMEOUT_SECONDS = 5.0
 LAST_ERROR_MAX_CHARS = 500
 AGENT_NAME_MAX_CHARS = 100
+SHOWN_MAX_CHARS = 60
 
 
 # Writes run in the thread pool, not in the one thread that Django's
@@ -200,9 +201,11 @@ def stream_ack(*, user_id: int, seq: int) -> None:
 
 def _event_validate(*, event: str, run_id: uuid.UUID | str, agent: str, data: object) -> uuid.UUID:
     if event not in EventType.values:
-        raise InvalidEventType(f"Unknown event {event!r}; expected one of {', '.join(EventType.values)}.")
+        raise InvalidEventType(f"Unknown event {_shown(event)}; expected one of {', '.join(EventType.values)}.")
     if not isinstance(agent, str) or not agent or len(agent) > AGENT_NAME_MAX_CHARS:
         raise InvalidEventData(f"agent must be a non-empty string of at most {AGENT_NAME_MAX_CHARS} characters.")
+    if not _text_storable(agent):
+        raise InvalidEventData("agent must be text every database can store: no NUL, no lone surrogate.")
     if not isinstance(data, dict):
         raise InvalidEventData(f"data must be a JSON object, got {type(data).__name__}.")
     try:
@@ -214,7 +217,29 @@ def _event_validate(*, event: str, run_id: uuid.UUID | str, agent: str, data: ob
     try:
         return run_id if isinstance(run_id, uuid.UUID) else uuid.UUID(str(run_id))
     except ValueError:
-        raise InvalidEventData(f"run_id must be a UUID, got {run_id!r}.") from None
+        raise InvalidEventData(f"run_id must be a UUID, got {_shown(run_id)}.") from None
+
+
+def _shown(value: object) -> str:
+    """Describe a refused value in an error message: a string's start, else its type.
+
+    Never the whole value: a megabyte name would make a megabyte message, and
+    repr() of an int of more than 4,300 digits raises ValueError.
+    """
+    if isinstance(value, str):
+        return repr(value[:SHOWN_MAX_CHARS]) + ("..." if len(value) > SHOWN_MAX_CHARS else "")
+    return f"<{type(value).__name__}>"
+
+
+def _text_storable(text: str) -> bool:
+    """Whether both backends can store ``text``: PostgreSQL refuses NUL, and UTF-8 cannot carry a lone surrogate."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def _aevents_write(batch: list[EventFields]) -> list[Event | Exception]:

@@ -23,6 +23,8 @@ from django.conf import settings as django_settings
 from django.core.cache import cache
 from django.db import connection, connections
 from django.test import Client
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from config.settings import redis_channel_layers
 from tests.servers import ROOT, DaphneServer, PostgresCluster, RedisServer, database_url, postgres_bindir
@@ -40,6 +42,23 @@ LIFECYCLE_OF_TWO_STEPS = [
     "agent_completed",
 ]
 SESSION_PREFIX = f"test{uuid.uuid4().hex[:8]}"
+
+# Property tests. No example database: nothing is written into the repository,
+# and a failure is replayed from the blob it prints (@reproduce_failure). No
+# deadline: a property that must be fast says so with a bound of its own. The
+# suite's function-scoped fixtures (the rate-limit cache, the agents'
+# supervisor, a user) are shared by a test's examples on purpose; examples
+# that write to the database undo their writes themselves. Under CI the
+# examples are the same every run, so a CI failure reproduces anywhere.
+hypothesis_settings.register_profile(
+    "dev",
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+hypothesis_settings.register_profile("ci", parent=hypothesis_settings.get_profile("dev"), derandomize=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if IN_CI else "dev"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -9,12 +9,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import strategies as st
 
+from agents.builtin import DEMO_DELAY_MAX_SECONDS, DEMO_STEPS_MAX
 from agents.exceptions import AgentError
 from agents.registry import agent, tool
 from agents.runner import RunContext
 from agents.supervisor import supervisor
 from notifications.models import Event
+from tests.hostile import big_strings, deep_values, field_values, hostile_text, mostly, python_values, weighted
 
 NEVER = asyncio.Event  # Each use creates an event nobody sets.
 saved_contexts: list[RunContext] = []
@@ -189,3 +192,72 @@ async def stubborn(ctx: RunContext, input: dict[str, Any]) -> None:
             cancelled = True
         if cancelled:
             await ctx.think("Ignoring the cancel.")  # LifecycleError once the run was ended.
+
+
+# The built-in agents' input rules, restated from their documentation for property tests.
+
+
+def _demo_input(value: dict[str, Any]) -> dict[str, Any] | None:
+    """The demo's documented input (GET /api/agents/), with its defaults; None if it is refused."""
+    if set(value) - {"steps", "delay", "fail"}:
+        return None
+    steps, delay, fail = value.get("steps", 1), value.get("delay", 0.05), value.get("fail", False)
+    if type(steps) is not int or not 1 <= steps <= DEMO_STEPS_MAX:
+        return None
+    if type(delay) not in (int, float) or not 0 <= delay <= DEMO_DELAY_MAX_SECONDS:
+        return None
+    if type(fail) is not bool:
+        return None
+    return {"steps": steps, "delay": delay, "fail": fail}
+
+
+def _calculator_input(value: dict[str, Any]) -> dict[str, Any] | None:
+    """The calculator's documented input; None if it is refused."""
+    expression = value.get("expression")
+    if set(value) != {"expression"} or not isinstance(expression, str) or not expression.strip():
+        return None
+    return {"expression": expression}
+
+
+BUILTIN_AGENTS = ["demo", "calculator"]
+
+
+def documented_input(agent: str, value: dict[str, Any]) -> dict[str, Any] | None:
+    """What a built-in agent's input becomes once validated, by its documented rules; None if refused."""
+    return _demo_input(value) if agent == "demo" else _calculator_input(value)
+
+
+# Run input and timeouts for the built-in agents: mostly valid field by field, so that
+# whole inputs are valid often enough, and anything at all otherwise.
+_steps = mostly(
+    st.integers(min_value=1, max_value=DEMO_STEPS_MAX),
+    st.integers(min_value=-2, max_value=DEMO_STEPS_MAX + 2) | st.floats() | st.booleans() | field_values,
+)
+_delays = mostly(
+    st.floats(min_value=0, max_value=DEMO_DELAY_MAX_SECONDS) | st.integers(0, int(DEMO_DELAY_MAX_SECONDS)),
+    st.floats() | st.integers(-1, 31) | st.booleans() | field_values,
+)
+_expressions = mostly(st.text(min_size=1, max_size=30), hostile_text | big_strings(max_size=20_000) | field_values)
+run_inputs = weighted(
+    (
+        3,
+        st.fixed_dictionaries(
+            {}, optional={"steps": _steps, "delay": _delays, "fail": mostly(st.booleans(), field_values)}
+        ),
+    ),
+    (3, st.fixed_dictionaries({"expression": _expressions})),
+    (
+        1,
+        st.dictionaries(
+            st.sampled_from(["steps", "delay", "fail", "expression"]) | hostile_text, field_values, max_size=3
+        ),
+    ),
+    (1, python_values | deep_values),
+)
+run_timeouts = mostly(
+    st.none() | st.floats(min_value=0, max_value=600, exclude_min=True) | st.integers(1, 600),
+    st.integers(min_value=-2, max_value=602)
+    | st.floats()
+    | st.sampled_from([0, 600.0000001, 5e-324, -0.0, True, "10"])
+    | field_values,
+)

@@ -119,6 +119,13 @@ async def test_run_input_just_inside_the_depth_limit_reaches_the_agent(alice: An
     assert deeper.status_code == 400 and deeper.json()["code"] == "invalid_json"
 
 
+async def test_run_input_with_a_lone_surrogate_is_invalid_json(alice: Any) -> None:
+    body = '{"agent": "calculator", "input": {"expression": "1 + \\ud800"}}'
+    response = await client_for(alice).post("/api/runs/", body)
+    assert response.status_code == 400 and response.json()["code"] == "invalid_json"
+    assert await AgentRun.objects.acount() == 0
+
+
 @pytest.mark.parametrize("make_token", REFUSED_TOKENS.values(), ids=REFUSED_TOKENS.keys())
 async def test_starting_a_run_needs_a_live_access_token(alice: Any, make_token: Any) -> None:
     body = {"agent": "calculator", "input": {"expression": "1+1"}}

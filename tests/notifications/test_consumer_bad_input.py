@@ -35,6 +35,17 @@ pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("server_log_clean", "redi
         ),
         ('{"type": "ping", "ref": NaN}', "invalid_json", "Not valid JSON: NaN is not a JSON value"),
         ('{"type": "ping", "ref": "\\u0000"}', "invalid_json", "Strings with NUL characters (\\u0000) are refused."),
+        # Quoted in an error frame, or echoed in a pong, a lone surrogate could not be sent (was a 1011).
+        (
+            '{"type": "ping", "\\ud800": 1}',
+            "invalid_json",
+            "A string holds a lone surrogate ('\\ud800'), which UTF-8 cannot carry.",
+        ),
+        (
+            '{"type": "ping", "ref": "\\udfff"}',
+            "invalid_json",
+            "A string holds a lone surrogate ('\\udfff'), which UTF-8 cannot carry.",
+        ),
         ("[1, 2]", "invalid_message", "A message must be a JSON object."),
         ('"ping"', "invalid_message", "A message must be a JSON object."),
         ("{}", "unknown_type", 'A message must have a "type" field.'),

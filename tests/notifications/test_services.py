@@ -1,23 +1,41 @@
 """notifications.services: the one way events are written and published."""
 
 import asyncio
+import json
 import logging
 import threading
 import uuid
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection, transaction
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from config.settings import redis_channel_layers
 from notifications.exceptions import InvalidEventData, InvalidEventType
 from notifications.frames import event_frame, event_frame_text
-from notifications.models import Event, Stream
+from notifications.models import Event, EventType, Stream
 from notifications.services import aevent_record, event_record, stream_ack
+from tests.hostile import (
+    DETAIL_MAX_CHARS,
+    big_strings,
+    hostile_text,
+    json_ints,
+    json_values,
+    mostly,
+    nested,
+    non_json_scalars,
+    python_keys,
+    python_values,
+    sendable,
+)
 from tests.notifications.conftest import member_of
 from tests.servers import free_port
 
@@ -133,9 +151,12 @@ async def test_failed_publish_leaves_the_event_pending_and_does_not_raise(
         ({"data": ["not", "an", "object"]}, InvalidEventData),
         ({"data": {"when": object()}}, InvalidEventData),
         ({"data": {"x": float("nan")}}, InvalidEventData),
+        ({"data": {"x": "\ud800"}}, InvalidEventData),
         ({"data": {"blob": "x" * (256 * 1024)}}, InvalidEventData),
         ({"run_id": "not-a-uuid"}, InvalidEventData),
         ({"agent": ""}, InvalidEventData),
+        ({"agent": "demo\x00"}, InvalidEventData),
+        ({"agent": "\udfff"}, InvalidEventData),
     ],
 )
 def test_invalid_events_are_refused_and_nothing_is_stored(alice: Any, kwargs: dict[str, Any], error: type) -> None:
@@ -144,6 +165,18 @@ def test_invalid_events_are_refused_and_nothing_is_stored(alice: Any, kwargs: di
         event_record(**{**arguments, **kwargs})
     assert not Event.objects.exists()
     assert not Stream.objects.filter(last_seq__gt=0).exists()
+
+
+def test_a_refusal_names_the_value_briefly_whatever_it_is(alice: Any) -> None:
+    arguments = {"user_id": alice.pk, "event": "agent_started", "run_id": uuid.uuid4(), "agent": "demo", "data": {}}
+    huge = 10**4300  # Too long for repr(), which raises ValueError.
+    with pytest.raises(InvalidEventType, match=r"^Unknown event <int>; expected one of agent_started, "):
+        event_record(**{**arguments, "event": huge})
+    with pytest.raises(InvalidEventData, match=r"^run_id must be a UUID, got <int>\.$"):
+        event_record(**{**arguments, "run_id": huge})
+    with pytest.raises(InvalidEventData, match=r"^run_id must be a UUID, got 'xxx+'\.\.\.\.$") as refused:
+        event_record(**{**arguments, "run_id": "x" * 1_000_000})
+    assert len(str(refused.value)) < 100
 
 
 def test_event_frame_is_the_documented_shape(alice: Any) -> None:
@@ -193,3 +226,73 @@ async def test_concurrent_publishes_are_marked_together(
     assert sum(writes) == 20  # every event marked, once
     assert len(writes) < 20  # in fewer writes than events
     assert await Event.objects.filter(published_at__isnull=True).acount() == 0
+
+
+# Properties: whatever an agent hands over, the event is stored as given or refused with the documented error.
+
+
+@pytest.fixture
+def carol(db: None, django_user_model: Any) -> Any:
+    """A user in the test's transaction: nothing commits, so nothing is published."""
+    return django_user_model.objects.create_user("carol", password=None)
+
+
+def as_json(value: Any) -> Any:
+    """``value`` as a client reads it: JSON types, and numbers compared by their decimal value.
+
+    Data is stored as JSON, so what reads back is its JSON form: a tuple comes
+    back a list and an int key a string, as in the live frame. PostgreSQL's
+    jsonb keeps numbers as decimals (``1e+23`` comes back as the int
+    100000000000000000000000), which is the same JSON number.
+    """
+    return json.loads(json.dumps(value), parse_float=Decimal, parse_int=Decimal)
+
+
+event_names = mostly(
+    st.sampled_from(EventType.values), hostile_text | big_strings(max_size=10_000) | st.none() | non_json_scalars
+)
+agent_names = mostly(
+    st.sampled_from(["demo", "calculator", "x" * 100]), hostile_text | st.just("x" * 101) | st.none() | st.integers()
+)
+run_ids = mostly(
+    st.uuids() | st.uuids().map(str) | st.uuids().map(lambda run_id: run_id.hex) | st.uuids().map(lambda u: u.urn),
+    hostile_text | big_strings(max_size=10_000) | st.none() | json_ints | non_json_scalars,
+)
+event_data = st.one_of(
+    st.dictionaries(python_keys, python_values, max_size=4),
+    st.dictionaries(hostile_text, json_values(text=hostile_text), max_size=4),
+    st.builds(lambda blob: {"blob": blob}, big_strings(max_size=300_000)),
+    st.builds(lambda value, depth: {"deep": nested(value, depth)}, json_values(max_leaves=2), st.integers(30, 50)),
+    python_values,
+)
+
+
+@example(event="agent_started", agent="demo", run_id=uuid.UUID(int=1), data={"\ud800": None})
+@example(event="agent_started", agent="demo", run_id=uuid.UUID(int=1), data={"x": "a\x00"})
+@example(event="agent_started", agent="\ud800", run_id=uuid.UUID(int=1), data={})
+@example(event="agent_started", agent="demo\x00", run_id=uuid.UUID(int=1), data={})
+@settings(max_examples=200)
+@given(event=event_names, agent=agent_names, run_id=run_ids, data=event_data)
+def test_any_event_is_stored_as_given_or_refused(carol: Any, event: Any, agent: Any, run_id: Any, data: Any) -> None:
+    """Through the public ``event_record`` (``_event_validate`` is private, and storing is half the
+    property): it stores the event, which reads back as given and can be sent to a client, live and
+    replayed alike; or it raises ``InvalidEventType``/``InvalidEventData`` and stores nothing.
+
+    Each example runs in a savepoint that is rolled back, so examples do not see each other's rows.
+    """
+    with transaction.atomic():
+        try:
+            record = event_record(user_id=carol.pk, event=event, run_id=run_id, agent=agent, data=data)
+        except (InvalidEventType, InvalidEventData) as exc:
+            hypothesis.event(f"refused: {type(exc).__name__}")
+            assert 0 < len(str(exc)) <= DETAIL_MAX_CHARS  # It names what is wrong; it does not echo it whole.
+            assert not Event.objects.filter(user=carol).exists()
+            return
+        hypothesis.event("stored")
+        stored = Event.objects.get(pk=record.pk)
+        assert (stored.event, stored.agent) == (event, agent)
+        assert stored.run_id == (run_id if isinstance(run_id, uuid.UUID) else uuid.UUID(str(run_id)))
+        assert as_json(stored.data) == as_json(data)
+        live, replayed = sendable(event_frame(record)), sendable(event_frame(stored))
+        assert as_json(json.loads(live)) == as_json(json.loads(replayed))
+        transaction.set_rollback(True)
