@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 import pytest
@@ -30,6 +30,15 @@ from config.settings import redis_channel_layers
 from tests.servers import ROOT, DaphneServer, PostgresCluster, RedisServer, database_url, postgres_bindir
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def unavailable(message: str) -> NoReturn:
+    """Skip the tests that need something this machine lacks; under CI=true, fail them instead."""
+    if IN_CI:
+        pytest.fail(message + " Under CI=true that is a failure.")
+    pytest.skip(message)
+
+
 # The events of a two-step ``demo`` run, in order.
 LIFECYCLE_OF_TWO_STEPS = [
     "agent_started",
@@ -96,9 +105,7 @@ def redis_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[C
     binary = shutil.which("redis-server")
     if binary is None:
         message = "redis-server is not installed: every test that needs real Redis is SKIPPED."
-        if IN_CI:
-            pytest.fail(message + " Under CI=true that is a failure.")
-        pytest.skip(message)
+        unavailable(message)
     servers: list[RedisServer] = []
 
     def start() -> RedisServer:
@@ -212,9 +219,7 @@ def scratch_postgres() -> Iterator[Callable[[str], str]]:
         admin = psycopg.connect(SCRATCH_PG_URL, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
         message = f"PostgreSQL is not reachable at {SCRATCH_PG_URL} ({exc}): tests that need it are SKIPPED."
-        if IN_CI:
-            pytest.fail(message + " Under CI=true that is a failure.")
-        pytest.skip(message)
+        unavailable(message)
     names: list[str] = []
 
     def make(purpose: str) -> str:
@@ -243,9 +248,7 @@ def postgres_cluster_factory() -> Iterator[Callable[[], PostgresCluster]]:
     bindir = postgres_bindir()
     if bindir is None or shutil.which("runuser") is None or os.geteuid() != 0:
         message = "PostgreSQL server binaries, runuser and root are needed for outage tests: they are SKIPPED."
-        if IN_CI:
-            pytest.fail(message + " Under CI=true that is a failure.")
-        pytest.skip(message)
+        unavailable(message)
     clusters: list[PostgresCluster] = []
 
     def make() -> PostgresCluster:

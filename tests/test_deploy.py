@@ -9,8 +9,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import psycopg
 import yaml
 
 from tests.conftest import SCRATCH_PG_URL
-from tests.servers import DaphneServer, LineReader, free_port, wait_for
+from tests.servers import DaphneServer, LineReader, free_port, started, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCTION_ENV = ROOT / "deploy" / "production.env.example"
@@ -237,19 +236,6 @@ def healthcheck(port: int, env: dict[str, str]) -> subprocess.CompletedProcess[s
     """The image's HEALTHCHECK command, run on this host."""
     command = [sys.executable, "-m", "config.healthcheck", "--port", str(port)]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30, check=False)
-
-
-@contextmanager
-def started(command: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-        assert process.stdout is not None
-        process.stdout.close()
 
 
 def test_http_requests_share_a_pool_of_database_connections(

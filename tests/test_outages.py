@@ -7,6 +7,7 @@ margins over the targets in README ("Outages"); nothing here sleeps.
 """
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -30,6 +31,7 @@ from tests.servers import (
     PostgresCluster,
     RedisServer,
     http_request,
+    started,
     wait_for,
 )
 from tests.wsclient import Client, ws_connect
@@ -42,6 +44,8 @@ HEARTBEAT_SECONDS = 0.3
 HEALTH_DOWN_SECONDS = 2.0
 API_DOWN_SECONDS = 2.0 + 1.0
 RECOVERY_SECONDS = 2.0 + 1.0
+# A demo run that is still going when the database is stopped under it.
+LONG_DEMO_INPUT = '{"steps": 50, "delay": 0.05}'
 # The end of a run is retried at most AGENT_END_RETRY_MAX_SECONDS (1 s) apart, after a probe (0.5 s).
 RUN_END_AFTER_RECOVERY_SECONDS = 1.5 + 1.5
 
@@ -199,7 +203,7 @@ async def test_postgres_outage_gets_fast_answers_and_recovers_at_once(stack: Sta
 
 
 async def test_a_run_whose_events_cannot_be_written_ends_once_as_unavailable(stack: Stack, client: Client) -> None:
-    run_id = await stack.start_run({"steps": 50, "delay": 0.05})
+    run_id = await stack.start_run(json.loads(LONG_DEMO_INPUT))
     first = await client.events(2, timeout=10)
     assert [frame["event"] for frame in first] == ["agent_started", "agent_thinking"]
     written_before = len(stack.log(run_id=run_id))
@@ -236,7 +240,7 @@ async def test_a_run_whose_events_cannot_be_written_ends_once_as_unavailable(sta
 @pytest.mark.parametrize("first_back", ["redis", "postgres"])
 async def test_redis_and_postgres_down_then_back_lose_nothing(stack: Stack, client: Client, first_back: str) -> None:
     with _Drainer(stack) as drainer:
-        run_id = await stack.start_run({"steps": 50, "delay": 0.05})
+        run_id = await stack.start_run(json.loads(LONG_DEMO_INPUT))
         first = await client.events(2, timeout=10)
         since = stack.server.log_size()
         await asyncio.to_thread(stack.redis.stop)
@@ -326,54 +330,39 @@ class _Drainer:
 
 
 @contextmanager
-def run_agent(stack: Stack, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], LineReader]]:
-    """``run_agent`` as the stack's user on the cluster, its output and log merged; killed if left running."""
+def run_agent_in_outage(stack: Stack) -> Iterator[tuple[subprocess.Popen[bytes], LineReader]]:
+    """A ``run_agent`` run that has found its events cannot be written; the cluster is started again after."""
     env = {**os.environ, "DATABASE_URL": stack.database_url, "REDIS_URL": "", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "run_agent", "demo", "--user", "outage", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    command = [sys.executable, "manage.py", "run_agent", "demo", "--user", "outage", "--input", LONG_DEMO_INPUT]
+    with started(command, env) as process:
         assert process.stdout is not None
-        yield process, LineReader(process.stdout)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
-        assert process.stdout is not None
-        process.stdout.close()
-
-
-def test_run_agent_ends_its_run_as_unavailable_when_the_database_is_back(stack: Stack) -> None:
-    with run_agent(stack, "--input", '{"steps": 50, "delay": 0.05}') as (process, output):
+        output = LineReader(process.stdout)
         output.until("agent_thinking")
         stack.cluster.stop()
         try:
             output.until("it ends as unavailable", timeout=10)
+            yield process, output
         finally:
-            stack.cluster.start()
+            if not stack.cluster.running():
+                stack.cluster.start()
+
+
+def test_run_agent_ends_its_run_as_unavailable_when_the_database_is_back(stack: Stack) -> None:
+    with run_agent_in_outage(stack) as (process, output):
+        stack.cluster.start()
         end = output.until("agent_error", timeout=RUN_END_AFTER_RECOVERY_SECONDS + 5)
         assert '"kind": "unavailable"' in end
         assert process.wait(timeout=10) == 1
 
 
 def test_run_agent_gives_up_on_a_second_interrupt_while_the_database_is_down(stack: Stack) -> None:
-    with run_agent(stack, "--input", '{"steps": 50, "delay": 0.05}') as (process, output):
-        output.until("agent_thinking")
-        stack.cluster.stop()
-        try:
-            output.until("it ends as unavailable", timeout=10)
-            process.send_signal(signal.SIGINT)
-            output.until("Could not record the end of run", timeout=10)
-            process.send_signal(signal.SIGINT)
-            assert process.wait(timeout=10) == 1
-            rest = output.buffer.decode() + (process.stdout.read().decode() if process.stdout else "")
-            assert "The run's outcome could not be read, the database is unavailable" in rest
-        finally:
-            stack.cluster.start()
+    with run_agent_in_outage(stack) as (process, output):
+        process.send_signal(signal.SIGINT)
+        output.until("Could not record the end of run", timeout=10)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 1
+        rest = output.buffer.decode() + (process.stdout.read().decode() if process.stdout else "")
+        assert "The run's outcome could not be read, the database is unavailable" in rest
     # Its run is left active, for the reaper of drain_events to end as lost.
     [(status,)] = stack.query("SELECT status FROM agents_agentrun ORDER BY created_at DESC LIMIT 1")
     assert status == "running"
@@ -382,14 +371,14 @@ def test_run_agent_gives_up_on_a_second_interrupt_while_the_database_is_down(sta
 
 
 def test_run_agent_refuses_at_once_while_the_database_is_down(stack: Stack) -> None:
+    env = {**os.environ, "DATABASE_URL": stack.database_url, "REDIS_URL": ""}
     stack.cluster.stop()
     try:
-        started = time.monotonic()
-        with run_agent(stack) as (process, output):
-            assert process.wait(timeout=20) == 1
-            assert "The database is unavailable" in output.buffer.decode() + "\n".join(output.lines) + (
-                process.stdout.read().decode() if process.stdout else ""
-            )
-        assert time.monotonic() - started < 15
+        begun = time.monotonic()
+        with started([sys.executable, "manage.py", "run_agent", "demo", "--user", "outage"], env) as process:
+            output, _ = process.communicate(timeout=20)
+        assert process.returncode == 1
+        assert "The database is unavailable" in output.decode()
+        assert time.monotonic() - begun < 15
     finally:
         stack.cluster.start()
