@@ -174,8 +174,15 @@ class ConsolePage:
 
 
 @pytest.fixture
-def open_console(browser: Browser, console_server: DaphneServer) -> Iterator[Callable[..., ConsolePage]]:
-    """Open console pages, each in its own browser context (its own storage, as a separate user's browser)."""
+def open_console(
+    transactional_db: None, browser: Browser, console_server: DaphneServer
+) -> Iterator[Callable[..., ConsolePage]]:
+    """Open console pages, each in its own browser context (its own storage, as a separate user's browser).
+
+    It asks for the database first so that it is torn down first: its pages close before the database
+    is flushed. A page left open across the flush could still fetch, and be refused (401) because its
+    user is gone.
+    """
     contexts = []
     pages: list[ConsolePage] = []
 
