@@ -46,6 +46,19 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def listen_overflows() -> int:
+    """Connections this machine's kernel dropped so far because a listen queue was full (TcpExt ListenOverflows).
+
+    Machine-wide: anything else listening counts too. A dropped handshake is
+    retried by the client's kernel after 1 s, then 3, 7, 15 s.
+    """
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=True):
+        if names.startswith("TcpExt:"):
+            return int(dict(zip(names.split(), values.split(), strict=True))["ListenOverflows"])
+    raise RuntimeError("no TcpExt ListenOverflows in /proc/net/netstat")
+
+
 def wait_line(process: subprocess.Popen[str], prefix: str, timeout: float) -> str:
     """Read the child's stdout until a line starting with ``prefix``; every wait is bounded."""
     assert process.stdout is not None
@@ -191,3 +204,50 @@ def cpu_seconds(pid: int) -> float:
     """CPU time (user and system) a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def expected_seqs(env: dict[str, str], *, mode: str, tag: str, sent: dict[str, Any]) -> tuple[dict[int, set[int]], int]:
+    """What each user should receive: this run's events in the log (ours) or 1..n (raw); and how many are pending."""
+    if mode == "raw":
+        return {int(user): set(range(1, n + 1)) for user, n in sent["per_user"].items()}, 0
+    import psycopg
+
+    with psycopg.connect(env["DATABASE_URL"]) as conn:
+        rows = conn.execute(
+            "SELECT user_id, array_agg(seq), count(*) FILTER (WHERE published_at IS NULL) "
+            "FROM notifications_event WHERE data->>'r' = %s GROUP BY user_id",
+            [tag],
+        ).fetchall()
+    return {int(user): set(seqs) for user, seqs, _ in rows}, sum(int(left) for *_, left in rows)
+
+
+def events_judged(
+    env: dict[str, str], *, mode: str, tag: str, sent: dict[str, Any], received: dict[str, Any]
+) -> dict[str, Any]:
+    """Count, per user, what should have arrived and did not, what arrived and should not have, and the rest.
+
+    ``received`` is a clients' summary; its per-user seqs are taken out of it
+    (``lost_seqs`` keeps, per user, the seqs that never came).
+    """
+    got = {int(user): set(seqs) for user, seqs in received.pop("seqs").items()}
+    expected, pending = expected_seqs(env, mode=mode, tag=tag, sent=sent)
+    lost_seqs = {user: seqs - got.get(user, set()) for user, seqs in expected.items()}
+    return {
+        "sent": sent["sent"],
+        "logged": sum(len(seqs) for seqs in expected.values()),
+        "left_pending": pending,
+        "received": received["received"],
+        "distinct": sum(len(seqs) for seqs in got.values()),
+        "lost": sum(len(seqs) for seqs in lost_seqs.values()),
+        "unexpected": sum(len(seqs - expected.get(user, set())) for user, seqs in got.items()),
+        "duplicates": received["duplicates"],
+        "out_of_order": received["out_of_order"],
+        "latency_ms": received["latency_ms"],
+        "lost_seqs": lost_seqs,
+    }
+
+
+def wrong(figures: dict[str, Any]) -> int:
+    """Everything a run got wrong: lost, unexpected, duplicated, out-of-order and still-pending events."""
+    keys = ("lost", "unexpected", "duplicates", "out_of_order", "left_pending")
+    return int(sum(figures[key] for key in keys))

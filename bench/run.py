@@ -14,6 +14,7 @@ run of ours had one.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -23,38 +24,59 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from connections import Start, connection_rows, idle, storms
 from harness import (
     BENCH,
     PYTHON,
     ROOT,
     Machine,
     cpu_seconds,
+    events_judged,
     raise_file_limit,
-    rss_kib,
     setup,
     start_ours,
     start_raw,
     tokens,
     wait_line,
+    wrong,
 )
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Plan:
     users: int
     load_seconds: float
     rates: tuple[int, ...]  # fixed rates for the latency runs
-    idle_connections: int
     drain_events: int
+    idle_connections: int  # held while their cost is measured, opened 200 at a time
+    idle_seconds: float  # how long the cost is measured: a whole number of heartbeats in the full plan
+    scale_connections: int  # then held in all, by two client processes, for the memory per socket
+    storm_connections: int  # connect all at once, then come back after a restart
+    storm_emit_users: int  # users with events during the reconnect storm
+    storm_rate: float  # their events/s, in all
+    storm_warm_seconds: float  # events before the restart, and after every client is back
+
+    @property
+    def accounts(self) -> int:
+        return max(self.users, self.scale_connections, self.storm_connections)
 
 
-FULL = Plan(users=1000, load_seconds=10, rates=(500, 2000), idle_connections=10_000, drain_events=50_000)
-QUICK = Plan(users=50, load_seconds=2, rates=(200,), idle_connections=200, drain_events=2000)
+FULL = Plan(
+    users=1000, load_seconds=10, rates=(500, 2000), drain_events=50_000,
+    idle_connections=10_000, idle_seconds=75, scale_connections=18_000,
+    storm_connections=10_000, storm_emit_users=1000, storm_rate=100, storm_warm_seconds=5,
+)  # fmt: skip
+QUICK = Plan(
+    users=50, load_seconds=2, rates=(200,), drain_events=2000,
+    idle_connections=200, idle_seconds=5, scale_connections=300,
+    storm_connections=300, storm_emit_users=20, storm_rate=50, storm_warm_seconds=2,
+)  # fmt: skip
 FEW_USERS = 8
+PARTS = ("load", "connections", "drain")
+CHECKED = ("max", "few_users", "reconnect_storm", *(f"at_{rate}" for rate in {*FULL.rates, *QUICK.rates}))
 
 
 def load(
@@ -110,83 +132,21 @@ def load(
     received = json.loads(clients_out.read_text())
     until = received["last_received"] if received["received"] else sent["first_emit"] + sent["seconds"]
     server_cpu = next((cpu for at, cpu in samples if at >= until), samples[-1][1]) - samples[0][1]
-    got = {int(user): set(seqs) for user, seqs in received.pop("seqs").items()}
-    expected, pending = expected_seqs(env, mode=mode, tag=tag, sent=sent)
-    # Per user: every expected seq arrived, and nothing else did.
-    lost = sum(len(seqs - got.get(user, set())) for user, seqs in expected.items())
-    unexpected = sum(len(seqs - expected.get(user, set())) for user, seqs in got.items())
-    unique = sum(len(seqs) for seqs in got.values())
+    events = events_judged(env, mode=mode, tag=tag, sent=sent, received=received)
     # From the first emit to the last arrival: a backlog still draining after
     # the producer stopped counts against the rate.
+    unique = events.pop("distinct")
+    del events["lost_seqs"]
     span = max(received["last_received"] - sent["first_emit"], sent["seconds"]) if unique else sent["seconds"]
     return {
         "users": len(users),
-        "sent": sent["sent"],
-        "logged": sum(len(seqs) for seqs in expected.values()),
-        "left_pending": pending,
         "emit_rate": round(sent["rate"], 1),
-        "received": received["received"],
         "delivered_rate": round(unique / span, 1),
-        "lost": lost,
-        "unexpected": unexpected,
-        "duplicates": received["duplicates"],
-        "out_of_order": received["out_of_order"],
-        "latency_ms": received["latency_ms"],
+        **events,
         # CPU per event sent: the producer's while it emitted, the server's from the
         # first emit until the last arrival (to within the 0.1 s sampling).
         "producer_cpu_us_per_event": round(sent["cpu_seconds"] / max(sent["sent"], 1) * 1e6, 1),
         "server_cpu_us_per_event": round(server_cpu / max(sent["sent"], 1) * 1e6, 1),
-    }
-
-
-def expected_seqs(env: dict[str, str], *, mode: str, tag: str, sent: dict[str, Any]) -> tuple[dict[int, set[int]], int]:
-    """What each user should receive: this run's events in the log (ours) or 1..n (raw); and how many are pending."""
-    if mode == "raw":
-        return {int(user): set(range(1, n + 1)) for user, n in sent["per_user"].items()}, 0
-    import psycopg
-
-    with psycopg.connect(env["DATABASE_URL"]) as conn:
-        rows = conn.execute(
-            "SELECT user_id, array_agg(seq), count(*) FILTER (WHERE published_at IS NULL) "
-            "FROM notifications_event WHERE data->>'r' = %s GROUP BY user_id",
-            [tag],
-        ).fetchall()
-    return {int(user): set(seqs) for user, seqs, _ in rows}, sum(int(left) for *_, left in rows)
-
-
-def idle(machine: Machine, start: Any, users: list[tuple[int, str | None]]) -> dict[str, Any]:
-    """Hold ``len(users)`` idle connections to a fresh server; measure connects/s and its memory per open one."""
-    server, url = start()
-    time.sleep(1)  # let it settle after start-up
-    before = rss_kib(server.pid)
-    tag = uuid.uuid4().hex[:8]
-    tokens_file, clients_out = machine.workdir / f"{tag}.tokens.json", machine.workdir / f"{tag}.recv.json"
-    tokens_file.write_text(json.dumps(users))
-    clients = machine.start(
-        [PYTHON, str(BENCH / "clients.py"), "--url", url, "--tokens", str(tokens_file), "--out", str(clients_out)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    ready = wait_line(clients, "READY", 600).split()
-    time.sleep(2)  # idle: no events, only the server's own timers
-    assert clients.stdin is not None
-    clients.stdin.write("OPEN\n")
-    clients.stdin.flush()
-    still_open = int(wait_line(clients, "OPEN", 60).split()[1])
-    after = rss_kib(server.pid)
-    clients.stdin.write("STOP\n")
-    clients.stdin.flush()
-    wait_line(clients, "DONE", 300)
-    machine.stop(server)
-    count, seconds = int(ready[1]), float(ready[2])
-    return {
-        "connections": count,
-        "open_when_measured": still_open,
-        "connect_per_second": round(count / seconds, 1),
-        "rss_before_kib": before,
-        "rss_after_kib": after,
-        "kib_per_connection": round((after - before) / max(still_open, 1), 1),
     }
 
 
@@ -234,12 +194,6 @@ def drain(env: dict[str, str], count: int) -> dict[str, Any]:
     }
 
 
-def wrong(figures: dict[str, Any]) -> int:
-    """Everything a run got wrong: lost, unexpected, duplicated, out-of-order and still-pending events."""
-    keys = ("lost", "unexpected", "duplicates", "out_of_order", "left_pending")
-    return int(sum(figures[key] for key in keys))
-
-
 def ratio(ours: float | None, raw: float | None) -> str:
     return f"{ours / raw:.2f}" if ours and raw else "-"
 
@@ -249,8 +203,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", default=str(BENCH / "results.json"))
     parser.add_argument("--check", action="store_true", help="Exit 1 if any run of ours lost, duplicated or reordered.")
+    parser.add_argument("--only", default=",".join(PARTS), help=f"Comma-separated parts to run, of {', '.join(PARTS)}.")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=N", help="Change one figure of the plan.")
     args = parser.parse_args()
-    plan = QUICK if args.quick else FULL
+    plan = dataclasses.replace(
+        QUICK if args.quick else FULL, **{k: type(getattr(FULL, k))(v) for k, v in (s.split("=") for s in args.set)}
+    )
+    parts = set(args.only.split(","))
     raise_file_limit()
     results: dict[str, Any] = {
         "plan": plan.__dict__,
@@ -258,10 +217,10 @@ def main() -> None:
     }
     machine = Machine(workdir=Path(tempfile.mkdtemp(prefix="bench-")))
     try:
-        env = setup(machine, max(plan.users, plan.idle_connections))
-        minted = tokens(env, max(plan.users, plan.idle_connections))
-        ours_users: list[tuple[int, str | None]] = list(minted[: plan.users])
-        raw_users: list[tuple[int, str | None]] = [(user, None) for user, _ in ours_users]
+        env = setup(machine, plan.accounts)
+        minted: list[tuple[int, str | None]] = list(tokens(env, plan.accounts))
+        anonymous: list[tuple[int, str | None]] = [(user, None) for user, _ in minted]
+        results["raw"], results["ours_pubsub"] = {}, {}
 
         def runs(
             mode: str, url: str, users: list[tuple[int, str | None]], server_pid: int, layer: str = "pubsub"
@@ -279,20 +238,27 @@ def main() -> None:
             figures["few_users"] = one(0, users[:FEW_USERS])
             return figures
 
-        raw, raw_url = start_raw(machine, env)
-        results["raw"] = runs("raw", raw_url, raw_users, raw.pid)
-        machine.stop(raw)
-        results["raw"]["idle"] = idle(
-            machine, lambda: start_raw(machine, env), [(user, None) for user, _ in minted[: plan.idle_connections]]
-        )
-        for layer in ("pubsub", "core"):
-            server, url = start_ours(machine, env, layer)
-            results[f"ours_{layer}"] = runs("ours", url, ours_users, server.pid, layer)
-            machine.stop(server)
-        results["ours_pubsub"]["idle"] = idle(
-            machine, lambda: start_ours(machine, env, "pubsub"), list(minted[: plan.idle_connections])
-        )
-        results["drain"] = drain(env, plan.drain_events)
+        def start_raw_on(port: int) -> tuple[subprocess.Popen[Any], str]:
+            return start_raw(machine, env, port)
+
+        def start_ours_on(port: int) -> tuple[subprocess.Popen[Any], str]:
+            return start_ours(machine, env, "pubsub", port)
+
+        if "load" in parts:
+            raw, raw_url = start_raw(machine, env)
+            results["raw"] = runs("raw", raw_url, anonymous[: plan.users], raw.pid)
+            machine.stop(raw)
+        if "connections" in parts:
+            results["raw"].update(connection_runs(machine, env, plan, start_raw_on, anonymous, mode="raw"))
+        if "load" in parts:
+            for layer in ("pubsub", "core"):
+                server, url = start_ours(machine, env, layer)
+                results[f"ours_{layer}"] = runs("ours", url, minted[: plan.users], server.pid, layer)
+                machine.stop(server)
+        if "connections" in parts:
+            results["ours_pubsub"].update(connection_runs(machine, env, plan, start_ours_on, minted, mode="ours"))
+        if "drain" in parts:
+            results["drain"] = drain(env, plan.drain_events)
     finally:
         machine.close()
         shutil.rmtree(machine.workdir, ignore_errors=True)
@@ -304,21 +270,41 @@ def main() -> None:
         bad = [
             f"{name}.{run}"
             for name in ("ours_pubsub", "ours_core")
-            for run, figures in results[name].items()
-            if run != "idle" and (wrong(figures) or figures["logged"] != figures["sent"])
+            for run, figures in results.get(name, {}).items()
+            if run in CHECKED and (wrong(figures) or figures["logged"] != figures["sent"])
         ]
         if bad:
             raise SystemExit(f"Lost, unexpected, duplicated, out-of-order or unpublished events in: {', '.join(bad)}")
 
 
+def connection_runs(
+    machine: Machine, env: dict[str, str], plan: Plan, start: Start, users: list[tuple[int, str | None]], mode: str
+) -> dict[str, Any]:
+    """The idle sockets, their memory at scale, and the connect and reconnect storms, on one kind of server."""
+    idle_figures = idle(
+        machine, start, users[: plan.idle_connections], users[plan.idle_connections : plan.scale_connections],
+        seconds=plan.idle_seconds, database=machine.database if mode == "ours" else None,
+    )  # fmt: skip
+    storm_figures = storms(
+        machine, env, start, users[: plan.storm_connections], mode=mode,
+        emit_users=plan.storm_emit_users, rate=plan.storm_rate, warm_seconds=plan.storm_warm_seconds,
+    )  # fmt: skip
+    return {"idle": idle_figures, **storm_figures}
+
+
 def report(results: dict[str, Any], plan: Plan) -> None:
-    ours, core, raw = results["ours_pubsub"], results["ours_core"], results["raw"]
+    ours, core, raw = results["ours_pubsub"], results.get("ours_core", {}), results["raw"]
     print(f"\n{plan.users} users, {plan.load_seconds:g} s per run, {results['machine']['cpus']} CPUs\n")
     print(f"{'':44} {'ours (pubsub)':>14} {'ours (core)':>12} {'raw':>10} {'ours/raw':>9}")
 
     def row(label: str, key: str, pick: Any) -> None:
         values = [pick(run[key]) if key in run else None for run in (ours, core, raw)]
-        shown = [f"{v:,.1f}" if isinstance(v, float) else (f"{v:,}" if isinstance(v, int) else "-") for v in values]
+        shown = [
+            (f"{v:,.2f}" if abs(v) < 10 else f"{v:,.1f}")
+            if isinstance(v, float)
+            else (f"{v:,}" if isinstance(v, int) else "-")
+            for v in values
+        ]
         print(f"{label:44} {shown[0]:>14} {shown[1]:>12} {shown[2]:>10} {ratio(values[0], values[2]):>9}")
 
     row("delivered events/s, flat out", "max", lambda r: r["delivered_rate"])
@@ -334,12 +320,10 @@ def report(results: dict[str, Any], plan: Plan) -> None:
         row("  lost+unexpected+duplicated+out of order+pending", f"at_{rate}", wrong)
     row(f"delivered events/s, {FEW_USERS} users flat out", "few_users", lambda r: r["delivered_rate"])
     row("  lost+unexpected+duplicated+out of order+pending", "few_users", wrong)
-    row("idle connections held (open when measured)", "idle", lambda r: r["open_when_measured"])
-    row("  connects/s", "idle", lambda r: r["connect_per_second"])
-    row("  server KiB per connection", "idle", lambda r: r["kib_per_connection"])
-    drain = results["drain"]
-    label = "drain_events: pending events published/s"
-    print(f"{label:44} {drain['per_second']:>14,.1f}   ({drain['events']:,} in {drain['seconds']} s)")
+    connection_rows(row, plan)
+    if drain := results.get("drain"):
+        label = "drain_events: pending events published/s"
+        print(f"{label:44} {drain['per_second']:>14,.1f}   ({drain['events']:,} in {drain['seconds']} s)")
 
 
 if __name__ == "__main__":
