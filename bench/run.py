@@ -1,16 +1,20 @@
 """End-to-end benchmark: ours beside the raw limit, on this machine.
 
-    .venv/bin/python bench/run.py            # the full run (about 10 minutes)
-    .venv/bin/python bench/run.py --quick    # a small one (well under a minute), as CI runs it
+    .venv/bin/python bench/run.py            # the full run (about 25 minutes)
+    .venv/bin/python bench/run.py --quick    # a small one (about a minute), as CI runs it
+    .venv/bin/python bench/run.py --quick --only connections --set storm_connections=2000
 
 It starts its own redis-server and a PostgreSQL database of its own (on the
 local server, ``BENCH_PG_URL``), then, each in its own process: one daphne
 with the production settings (``python -m config.server``), the raw
-forwarder (``bench/raw_forwarder.py``), the clients (``bench/clients.py``)
-and the producer (``bench/producer.py``). It prints a table, ours beside the
+forwarder (``bench/raw_forwarder.py``), the clients (``bench/clients.py``,
+and ``bench/storm_clients.py`` for the storms) and the producer
+(``bench/producer.py``). The runs: load (throughput and latency), the
+connection runs of ``connections.py`` (idle cost, memory at scale, a connect
+storm, a restart) and ``drain_events``. It prints a table, ours beside the
 raw limit, and writes every figure to ``--json``. Lost, duplicated and
 out-of-order events are counted in every run; ``--check`` exits 1 if any
-run of ours had one.
+run of ours had one, the restart included.
 """
 
 import argparse
