@@ -82,23 +82,31 @@ def command(clients: subprocess.Popen[str], line: str, answer: str, timeout: flo
     return wait_line(clients, answer, timeout)
 
 
+def idle_cost(pid: int, database: str | None, seconds: float) -> tuple[float, float | None]:
+    """The server's CPU (% of one core) and the database's transactions/s over the next ``seconds``."""
+    cpu, xacts, started = cpu_seconds(pid), transactions(database) if database else 0, time.monotonic()
+    time.sleep(seconds)
+    cpu, xacts = cpu_seconds(pid) - cpu, (transactions(database) - xacts) if database else None
+    elapsed = time.monotonic() - started
+    return cpu / elapsed * 100, None if xacts is None else xacts / elapsed
+
+
 def idle(
-    machine: Machine, start: Start, users: Users, more: Users, *, seconds: float, database: str | None
-) -> dict[str, Any]:
+    machine: Machine, start: Start, users: Users, more: Users, *, seconds: float, scale_seconds: float,
+    database: str | None,
+) -> dict[str, Any]:  # fmt: skip
     """Hold ``users`` idle, measure what they cost over ``seconds``, then add ``more``, for memory at scale."""
     server, url = start(0)
     time.sleep(1)  # let it settle after start-up
     before = rss_kib(server.pid)
     first, connect_rate = holding(machine, url, users)
     time.sleep(2)  # the last connects' work done: from here on, only the server's own timers
-    cpu, xacts, started = cpu_seconds(server.pid), transactions(database) if database else 0, time.monotonic()
-    time.sleep(seconds)
-    cpu, xacts = cpu_seconds(server.pid) - cpu, (transactions(database) - xacts) if database else None
-    elapsed = time.monotonic() - started
+    cpu, xacts = idle_cost(server.pid, database, seconds)
     still_open = int(command(first, "OPEN", "OPEN").split()[1])
     after = rss_kib(server.pid)
     second, _ = holding(machine, url, more)
     time.sleep(2)
+    scale_cpu, _ = idle_cost(server.pid, None, scale_seconds)
     at_scale = sum(int(command(clients, "OPEN", "OPEN").split()[1]) for clients in (first, second))
     at_scale_rss = rss_kib(server.pid)
     for clients in (first, second):
@@ -112,12 +120,14 @@ def idle(
         "rss_before_kib": before,
         "rss_after_kib": after,
         "kib_per_connection": round((after - before) / max(still_open, 1), 1),
-        "idle_seconds": round(elapsed, 1),
-        "idle_cpu_percent": round(cpu / elapsed * 100, 2),
-        "idle_cpu_percent_per_1000": round(cpu / elapsed * 100 * per_thousand, 3),
-        "idle_db_transactions_per_second": None if xacts is None else round(xacts / elapsed, 1),
-        "idle_db_transactions_per_second_per_1000": None if xacts is None else round(xacts / elapsed * per_thousand, 2),
+        "idle_seconds": seconds,
+        "idle_cpu_percent": round(cpu, 2),
+        "idle_cpu_percent_per_1000": round(cpu * per_thousand, 3),
+        "idle_db_transactions_per_second": None if xacts is None else round(xacts, 1),
+        "idle_db_transactions_per_second_per_1000": None if xacts is None else round(xacts * per_thousand, 2),
         "scale_open_when_measured": at_scale,
+        "scale_idle_seconds": scale_seconds,
+        "scale_idle_cpu_percent": round(scale_cpu, 2),
         "scale_rss_kib": at_scale_rss,
         "scale_kib_per_connection": round((at_scale_rss - before) / max(at_scale, 1), 1),
     }
@@ -205,6 +215,7 @@ def storms(
             "all_live_seconds": round(reconnect_seconds, 2),
             "reconnect_per_second": round(len(users) / max(reconnect_seconds, 1e-3), 1),
             "attempts": live["stats"].get("attempts", 0),
+            "refused_4503": sum(n for key, n in live["stats"].items() if key.startswith("closed 4503")),
             "outcomes": live["stats"],
             "listen_overflows": overflows,
             "server_cpu_ms_per_reconnect": round(server_cpu / len(users) * 1000, 2),
@@ -247,6 +258,11 @@ def connection_rows(row: Callable[[str, str, Callable[[dict[str, Any]], Any]], N
         ("    per 1,000 idle sockets", "idle", lambda r: r["idle_db_transactions_per_second_per_1000"]),
         (f"idle sockets held (of {plan.scale_connections:,})", "idle", lambda r: r["scale_open_when_measured"]),
         ("  server KiB per socket", "idle", lambda r: r["scale_kib_per_connection"]),
+        (
+            f"  server CPU % of a core, idle {plan.scale_idle_seconds:g} s",
+            "idle",
+            lambda r: r["scale_idle_cpu_percent"],
+        ),
         (f"connect storm, {storm} at once: s to all in", "connect_storm", lambda r: r["seconds"]),
         ("  connects/s", "connect_storm", lambda r: r["connect_per_second"]),
         ("  refused with 4503, then retried", "connect_storm", lambda r: r["refused_4503"]),
@@ -258,6 +274,9 @@ def connection_rows(row: Callable[[str, str, Callable[[dict[str, Any]], Any]], N
         ("  shutdown s (SIGTERM to exit)", "reconnect_storm", lambda r: r["shutdown_seconds"]),
         ("  down s (exit to port open)", "reconnect_storm", lambda r: r["down_seconds"]),
         ("  reconnects/s", "reconnect_storm", lambda r: r["reconnect_per_second"]),
+        ("  attempts refused, server down", "reconnect_storm", lambda r: r["outcomes"].get("refused", 0)),
+        ("  closed with 4503, then retried", "reconnect_storm", lambda r: r["refused_4503"]),
+        ("  attempts retried (any cause)", "reconnect_storm", lambda r: r["attempts"] - r["connections"]),
         ("  handshakes dropped, listen queue full", "reconnect_storm", lambda r: r["listen_overflows"]),
         ("  server CPU ms per reconnect", "reconnect_storm", lambda r: r["server_cpu_ms_per_reconnect"]),
         ("  client CPU % of a core", "reconnect_storm", lambda r: r["client_cpu_percent"]),
