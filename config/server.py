@@ -7,6 +7,7 @@ Any daphne option given on the command line overrides the defaults below.
 import asyncio
 import logging
 import os
+import random
 import sys
 import time
 from typing import Any
@@ -18,6 +19,8 @@ from daphne.ws_protocol import WebSocketProtocol
 from django.conf import settings
 from django.utils.module_loading import import_string
 from twisted.internet import defer, reactor
+
+from notifications.admission import retry_reason
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("access")
@@ -64,8 +67,18 @@ class AccessLog(AccessLogGenerator):
         )
 
 
+class ReasonWebSocketProtocol(WebSocketProtocol):
+    """Daphne's WebSocket protocol, sending the close reason an application gives (daphne drops it)."""
+
+    def handle_reply(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "websocket.close" and message.get("reason") and self.state != self.STATE_CONNECTING:
+            self.sendClose(code=message.get("code") or 1000, reason=str(message["reason"]))
+            return
+        super().handle_reply(message)
+
+
 class GracefulServer(Server):
-    """Daphne, closing every WebSocket with 1001 before its application is cancelled.
+    """Daphne, closing every WebSocket with 1001 and a reconnect delay before its application is cancelled.
 
     Stock daphne cancels applications at shutdown and drops the sockets, so
     clients see an abnormal 1006 and cannot tell a restart from a crash.
@@ -76,6 +89,9 @@ class GracefulServer(Server):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if isinstance(kwargs.get("action_logger"), AccessLogGenerator):
             kwargs["action_logger"] = AccessLog()
+        # Twisted listens with a backlog of 50: a reconnect storm of thousands
+        # would have its SYNs dropped and wait out TCP's retransmits (1 s, 3 s, ...).
+        kwargs["endpoints"] = [_with_backlog(str(endpoint)) for endpoint in kwargs.get("endpoints") or []]
         super().__init__(*args, **kwargs)
         self.ports: list[Any] = []
 
@@ -95,6 +111,7 @@ class GracefulServer(Server):
         accepted, so every protocol gets it.
         """
         self.ws_factory.setProtocolOptions(failByDrop=False)
+        self.ws_factory.protocol = ReasonWebSocketProtocol
 
     def kill_all_applications(self) -> defer.Deferred[Any]:
         """Run the shutdown hooks and close WebSockets with 1001, then cancel what is left.
@@ -120,14 +137,21 @@ class GracefulServer(Server):
         return both
 
     def _close_websockets(self) -> defer.Deferred[None]:
-        """Send 1001 to every open WebSocket and wait, bounded, for the closing handshakes."""
+        """Send 1001 to every open WebSocket and wait, bounded, for the closing handshakes.
+
+        Each close tells its client when to come back (docs/protocol.md): a
+        random delay spread over as many seconds as the servers need to admit
+        them all again, so a restart is not followed by a storm.
+        """
         closing = [
             protocol
             for protocol in self.connections
             if isinstance(protocol, WebSocketProtocol) and protocol.state == WebSocketProtocol.STATE_OPEN
         ]
+        spread_seconds = reconnect_spread_seconds(len(closing))
         for protocol in closing:
-            protocol.sendCloseFrame(code=CLOSE_GOING_AWAY)
+            delay = random.uniform(0, spread_seconds)  # noqa: S311 (spreading load, not a secret)
+            protocol.sendCloseFrame(code=CLOSE_GOING_AWAY, reasonUtf8=retry_reason(delay).encode())
         deadline = time.monotonic() + settings.SHUTDOWN_CLOSE_GRACE_SECONDS
         done: defer.Deferred[None] = defer.Deferred()
 
@@ -157,6 +181,19 @@ class GracefulServer(Server):
         waiting = defer.Deferred.fromFuture(asyncio.gather(*running, return_exceptions=True))
         waiting.addErrback(lambda failure: logger.warning("Application cancellation failed: %s", failure))
         return waiting
+
+
+def reconnect_spread_seconds(clients: int) -> float:
+    """Over how many seconds the clients of a stopping server are told to come back."""
+    rate: float = settings.WS_RECONNECT_RATE_PER_SECOND
+    longest: float = settings.WS_RECONNECT_SPREAD_MAX_SECONDS
+    return min(longest, max(1.0, clients / rate))
+
+
+def _with_backlog(endpoint: str) -> str:
+    if endpoint.startswith(("tcp:", "tcp6:", "ssl:", "unix:")) and "backlog=" not in endpoint:
+        return f"{endpoint}:backlog={settings.SERVER_LISTEN_BACKLOG}"
+    return endpoint
 
 
 async def _run_shutdown_hooks() -> None:

@@ -397,6 +397,22 @@ SIMPLE_JWT = {
 WS_HEARTBEAT_SECONDS = env_float("WS_HEARTBEAT_SECONDS", 25.0)
 if WS_HEARTBEAT_SECONDS <= 0:
     raise ImproperlyConfigured("WS_HEARTBEAT_SECONDS must be positive.")
+# The heartbeat interval is split into this many slots, each connection beating
+# in one: a process reads its users' streams once per slot (one query a second
+# at the default interval), and the beats of many sockets are spread out.
+WS_HEARTBEAT_SLOTS = env_int("WS_HEARTBEAT_SLOTS", 25)
+if WS_HEARTBEAT_SLOTS < 1:
+    raise ImproperlyConfigured("WS_HEARTBEAT_SLOTS must be at least 1.")
+# Admission: at most this many handshakes in progress per process (accept to
+# hello); beyond it a connect is closed with 4503 and told to retry after about
+# WS_CONNECT_RETRY_SECONDS (spread between half and one and a half of it).
+WS_CONNECT_MAX_PENDING = env_int("WS_CONNECT_MAX_PENDING", 1000)
+WS_CONNECT_RETRY_SECONDS = env_float("WS_CONNECT_RETRY_SECONDS", 2.0)
+# On SIGTERM each client is told to come back after a random delay spread over
+# (open sockets / WS_RECONNECT_RATE_PER_SECOND) seconds, at least one second and
+# at most WS_RECONNECT_SPREAD_MAX_SECONDS: the rate one server admits connects.
+WS_RECONNECT_RATE_PER_SECOND = env_float("WS_RECONNECT_RATE_PER_SECOND", 1000.0)
+WS_RECONNECT_SPREAD_MAX_SECONDS = env_float("WS_RECONNECT_SPREAD_MAX_SECONDS", 30.0)
 WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 64 * 1024)
 # An event's data, JSON-encoded, is refused above this; a frame the server
 # sends is at most this plus the envelope, well under WS_MAX_SERVER_FRAME_BYTES.
@@ -425,6 +441,8 @@ WS_ALLOWED_ORIGINS = env_list("WS_ALLOWED_ORIGINS", ALLOWED_HOSTS)
 # On SIGTERM the server closes WebSockets with 1001 and waits this long for
 # clients to answer before cancelling what is left.
 SHUTDOWN_CLOSE_GRACE_SECONDS = env_float("SHUTDOWN_CLOSE_GRACE_SECONDS", 2.0)
+# Connections the kernel queues for the server to accept (capped by net.core.somaxconn).
+SERVER_LISTEN_BACKLOG = env_int("SERVER_LISTEN_BACKLOG", 4096)
 
 # Agent runs.
 AGENT_RUN_TIMEOUT_SECONDS = env_float("AGENT_RUN_TIMEOUT_SECONDS", 60.0)

@@ -78,9 +78,13 @@ async def test_layer_down_at_connect_closes_4503(settings: Any, alice: Any) -> N
     client = communicator(alice)
     connected, subprotocol = await client.connect(timeout=10)
     assert (connected, subprotocol) == (True, "jwt")
-    assert await client.receive_output(timeout=5) == {"type": "websocket.close", "code": 4503}
+    closed = await client.receive_output(timeout=5)
     await client.wait(timeout=5)
     await get_channel_layer().flush()
+    assert (closed["type"], closed["code"]) == ("websocket.close", 4503)
+    # With a delay to come back after, spread around WS_CONNECT_RETRY_SECONDS.
+    retry_after = json.loads(closed["reason"])["retry_after"]
+    assert 0.5 * settings.WS_CONNECT_RETRY_SECONDS <= retry_after <= 1.5 * settings.WS_CONNECT_RETRY_SECONDS
 
 
 @pytest.mark.usefixtures("memory_layer")
