@@ -26,7 +26,7 @@ from django.test import Client
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
-from config.settings import redis_channel_layers
+from config.redis_urls import redis_channel_layers
 from tests.servers import ROOT, DaphneServer, PostgresCluster, RedisServer, database_url, postgres_bindir
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -132,7 +132,9 @@ def redis_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 async def redis_layer(redis_url: str, settings: Any) -> AsyncIterator[Any]:
     """Point this process's channel layer at the suite's Redis; close it on this test's loop."""
-    settings.CHANNEL_LAYERS = redis_channel_layers(redis_url=redis_url, layer="pubsub", prefix=SESSION_PREFIX)
+    settings.CHANNEL_LAYERS = redis_channel_layers(
+        redis_url=redis_url, layer="pubsub", prefix=SESSION_PREFIX, options=django_settings.REDIS_OPTIONS
+    )
     layer = get_channel_layer()
     yield layer
     await layer.flush()

@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 from channels.layers import get_channel_layer
 
-from config.settings import redis_channel_layers
+from config.redis_urls import redis_channel_layers
 from notifications.services import user_group_name
 from tests.conftest import SESSION_PREFIX
 
@@ -17,7 +17,9 @@ async def layer(request: pytest.FixtureRequest, settings: Any) -> Any:
         settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     else:
         redis_url = request.getfixturevalue("redis_url")
-        settings.CHANNEL_LAYERS = redis_channel_layers(redis_url=redis_url, layer="pubsub", prefix=SESSION_PREFIX)
+        settings.CHANNEL_LAYERS = redis_channel_layers(
+            redis_url=redis_url, layer="pubsub", prefix=SESSION_PREFIX, options=settings.REDIS_OPTIONS
+        )
     layer = get_channel_layer()
     yield layer
     await layer.flush()

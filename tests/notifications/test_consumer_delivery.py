@@ -8,7 +8,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 
-from config.settings import redis_channel_layers
+from config.redis_urls import redis_channel_layers
 from notifications.models import Event, Stream
 from notifications.services import aevent_record
 from tests.servers import DaphneServer, free_port
@@ -206,7 +206,10 @@ async def test_event_whose_publish_failed_arrives_with_the_next_heartbeat(
         # This process publishes into a Redis nobody listens on: the layer
         # message is lost, as on a Redis outage, and only the log has it.
         settings.CHANNEL_LAYERS = redis_channel_layers(
-            redis_url=f"redis://127.0.0.1:{free_port()}/0", layer="pubsub", prefix="nowhere"
+            redis_url=f"redis://127.0.0.1:{free_port()}/0",
+            layer="pubsub",
+            prefix="nowhere",
+            options=settings.REDIS_OPTIONS,
         )
         await emit(alice.pk, 2)
         await get_channel_layer().flush()

@@ -10,7 +10,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 
-from config.settings import redis_channel_layers
+from config.redis_urls import redis_channel_layers
 from notifications.models import Event
 from notifications.services import aevent_record
 from tests.conftest import SESSION_PREFIX
@@ -38,7 +38,9 @@ async def test_redis_restart_under_a_live_client_loses_nothing(
     server = daphne_factory(
         redis_url=redis.url, CHANNEL_LAYER=layer, WS_HEARTBEAT_SECONDS="0.2", REDIS_BRPOP_TIMEOUT_SECONDS="0.5"
     )
-    settings.CHANNEL_LAYERS = redis_channel_layers(redis_url=redis.url, layer="pubsub", prefix=SESSION_PREFIX)
+    settings.CHANNEL_LAYERS = redis_channel_layers(
+        redis_url=redis.url, layer="pubsub", prefix=SESSION_PREFIX, options=settings.REDIS_OPTIONS
+    )
     publisher = get_channel_layer()
     try:
         async with ws_connect(server.ws_url, access_token(alice)) as client:

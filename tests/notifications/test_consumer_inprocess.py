@@ -20,7 +20,7 @@ from channels.testing import WebsocketCommunicator
 from rest_framework_simplejwt.tokens import AccessToken
 
 from config.asgi import application
-from config.settings import redis_channel_layers
+from config.redis_urls import redis_channel_layers
 from notifications import consumers
 from notifications.consumers import NotificationConsumer
 from notifications.frames import event_frame_text
@@ -73,7 +73,7 @@ async def test_disconnect_in_the_middle_of_a_replay_leaves_no_task(alice: Any) -
 
 async def test_layer_down_at_connect_closes_4503(settings: Any, alice: Any) -> None:
     settings.CHANNEL_LAYERS = redis_channel_layers(
-        redis_url=f"redis://127.0.0.1:{free_port()}/0", layer="pubsub", prefix="down"
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", layer="pubsub", prefix="down", options=settings.REDIS_OPTIONS
     )
     client = communicator(alice)
     connected, subprotocol = await client.connect(timeout=10)

@@ -28,7 +28,7 @@ from django.utils import timezone
 from redis import asyncio as aioredis
 
 from agents.models import AgentRun, RunStatus
-from config.settings import redis_channel_layers
+from config.redis_urls import redis_channel_layers
 from notifications.drain import adrain_batch, pending_counts
 from notifications.models import Event, Stream
 from notifications.services import aevent_record, user_group_name
@@ -179,7 +179,9 @@ async def test_events_pending_while_redis_was_down_reach_the_client_after_a_drai
     redis = redis_server_factory()
     # A heartbeat that never comes in the test: only the drainer's publish can deliver.
     server = daphne_factory(redis_url=redis.url, WS_HEARTBEAT_SECONDS="3600")
-    settings.CHANNEL_LAYERS = redis_channel_layers(redis_url=redis.url, layer="pubsub", prefix=SESSION_PREFIX)
+    settings.CHANNEL_LAYERS = redis_channel_layers(
+        redis_url=redis.url, layer="pubsub", prefix=SESSION_PREFIX, options=settings.REDIS_OPTIONS
+    )
     try:
         async with ws_connect(server.ws_url, access_token(alice)) as client:
             await sync_to_async(redis.stop)()
@@ -333,7 +335,7 @@ async def test_failed_publishes_back_off_and_stuck_ones_are_still_retried(settin
     settings.DRAIN_BACKOFF_BASE_SECONDS = 10
     settings.DRAIN_BACKOFF_MAX_SECONDS = 25
     settings.CHANNEL_LAYERS = redis_channel_layers(
-        redis_url=f"redis://127.0.0.1:{free_port()}/0", layer="pubsub", prefix="down"
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", layer="pubsub", prefix="down", options=settings.REDIS_OPTIONS
     )
     await sync_to_async(pending_events)([alice.pk], 1)
     waits = []

@@ -16,7 +16,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import DataError, OperationalError, connection
 
-from config.settings import redis_channel_layers
+from config.redis_urls import redis_channel_layers
 from notifications import groupcommit, services
 from notifications.models import Event, Stream
 from notifications.services import aevent_record, event_record
@@ -205,11 +205,13 @@ async def test_a_failed_publish_leaves_exactly_that_batch_pending(
     alice: Any, bob: Any, settings: Any, redis_url: str
 ) -> None:
     settings.CHANNEL_LAYERS = redis_channel_layers(
-        redis_url=f"redis://127.0.0.1:{free_port()}/0", layer="pubsub", prefix="down"
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", layer="pubsub", prefix="down", options=settings.REDIS_OPTIONS
     )
     down = await asyncio.gather(*(record((alice if index % 2 else bob).pk, index) for index in range(20)))
     await services.alayer_close()
-    settings.CHANNEL_LAYERS = redis_channel_layers(redis_url=redis_url, layer="pubsub", prefix="up")
+    settings.CHANNEL_LAYERS = redis_channel_layers(
+        redis_url=redis_url, layer="pubsub", prefix="up", options=settings.REDIS_OPTIONS
+    )
     up = await asyncio.gather(*(record(alice.pk, index) for index in range(20, 30)))
     await services.alayer_close()
     pending = await sync_to_async(

@@ -18,7 +18,7 @@ from django.db import connection, transaction
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from config.settings import redis_channel_layers
+from config.redis_urls import redis_channel_layers
 from notifications.exceptions import InvalidEventData, InvalidEventType
 from notifications.frames import event_frame, event_frame_text
 from notifications.models import Event, EventType, Stream
@@ -132,7 +132,7 @@ async def test_failed_publish_leaves_the_event_pending_and_does_not_raise(
     settings: Any, alice: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings.CHANNEL_LAYERS = redis_channel_layers(
-        redis_url=f"redis://127.0.0.1:{free_port()}/0", layer="pubsub", prefix="down"
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", layer="pubsub", prefix="down", options=settings.REDIS_OPTIONS
     )
     with caplog.at_level(logging.WARNING, logger="notifications.services"):
         event = await record(alice.pk)

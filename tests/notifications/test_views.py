@@ -11,7 +11,7 @@ from django.db import DatabaseError
 from django.test import AsyncClient
 from rest_framework.test import APIClient
 
-from config.settings import redis_channel_layers
+from config.redis_urls import redis_channel_layers
 from notifications import views
 from notifications.models import Event
 from notifications.services import event_record
@@ -158,7 +158,7 @@ def test_healthz_reports_ok_with_the_pending_backlog(alice: Any, settings: Any) 
 
 def test_healthz_is_503_when_the_layer_is_down(transactional_db: None, settings: Any) -> None:
     settings.CHANNEL_LAYERS = redis_channel_layers(
-        redis_url=f"redis://127.0.0.1:{free_port()}/0", layer="pubsub", prefix="down"
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", layer="pubsub", prefix="down", options=settings.REDIS_OPTIONS
     )
     response = api().get("/healthz")
     assert response.status_code == 503
