@@ -8,12 +8,10 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
 
-from config.settings import redis_channel_layers
 from notifications.models import Event
 from notifications.services import aevent_record
-from tests.conftest import SESSION_PREFIX
+from tests.conftest import ChannelLayers
 from tests.servers import DaphneServer, RedisServer
 from tests.wsclient import access_token, ws_connect
 
@@ -30,7 +28,7 @@ async def emit(user_id: int, count: int) -> None:
 async def test_redis_restart_under_a_live_client_loses_nothing(
     redis_server_factory: Callable[[], RedisServer],
     daphne_factory: Callable[..., DaphneServer],
-    settings: Any,
+    channel_layers: ChannelLayers,
     alice: Any,
     layer: str,
 ) -> None:
@@ -38,29 +36,25 @@ async def test_redis_restart_under_a_live_client_loses_nothing(
     server = daphne_factory(
         redis_url=redis.url, CHANNEL_LAYER=layer, WS_HEARTBEAT_SECONDS="0.2", REDIS_BRPOP_TIMEOUT_SECONDS="0.5"
     )
-    settings.CHANNEL_LAYERS = redis_channel_layers(redis_url=redis.url, layer="pubsub", prefix=SESSION_PREFIX)
-    publisher = get_channel_layer()
-    try:
-        async with ws_connect(server.ws_url, access_token(alice)) as client:
-            await emit(alice.pk, 5)
-            seen = await client.events(5)
+    channel_layers("pubsub", redis_url=redis.url)
+    async with ws_connect(server.ws_url, access_token(alice)) as client:
+        await emit(alice.pk, 5)
+        seen = await client.events(5)
 
-            await sync_to_async(redis.stop)()
-            await emit(alice.pk, 5)  # Publishing fails: these stay pending in the log.
-            pending = await sync_to_async(
-                lambda: list(Event.objects.filter(published_at__isnull=True).values_list("seq", flat=True))
-            )()
-            assert sorted(pending) == [6, 7, 8, 9, 10]
-            # The heartbeat reads them from the log even while Redis is down.
-            seen += await client.events(5)
+        await sync_to_async(redis.stop)()
+        await emit(alice.pk, 5)  # Publishing fails: these stay pending in the log.
+        pending = await sync_to_async(
+            lambda: list(Event.objects.filter(published_at__isnull=True).values_list("seq", flat=True))
+        )()
+        assert sorted(pending) == [6, 7, 8, 9, 10]
+        # The heartbeat reads them from the log even while Redis is down.
+        seen += await client.events(5)
 
-            await sync_to_async(redis.start)()
-            await emit(alice.pk, 5)
-            seen += await client.events(5, timeout=15)
-            assert [event["seq"] for event in seen] == list(range(1, 16))
-            assert await client.quiet() == []
-    finally:
-        await publisher.flush()
+        await sync_to_async(redis.start)()
+        await emit(alice.pk, 5)
+        seen += await client.events(5, timeout=15)
+        assert [event["seq"] for event in seen] == list(range(1, 16))
+        assert await client.quiet() == []
     # The connection survived: no consumer crashed. (channels-redis itself
     # logs its reconnect attempts while Redis is down.)
     assert "Exception inside application" not in server.log()

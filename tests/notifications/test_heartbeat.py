@@ -13,17 +13,16 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
-from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels.layers import InMemoryChannelLayer
 from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.db import OperationalError
 
-from config.settings import redis_channel_layers
 from notifications.heartbeat import Heartbeats
 from notifications.membership import Membership
 from notifications.selectors import UserState
 from notifications.services import aevent_record, user_group_name
-from tests.conftest import SESSION_PREFIX
+from tests.conftest import ChannelLayers
 from tests.servers import DaphneServer, RedisServer, free_port
 from tests.wsclient import access_token, ws_connect
 
@@ -179,16 +178,13 @@ async def test_the_core_layer_notices_that_redis_lost_its_groups(
 @pytest.mark.e2e
 @pytest.mark.parametrize("layer", ["pubsub", "core"])
 async def test_an_event_whose_layer_message_was_lost_arrives_within_one_heartbeat(
-    daphne_factory: Callable[..., DaphneServer], redis_url: str, settings: Any, alice: Any, layer: str
+    daphne_factory: Callable[..., DaphneServer], redis_url: str, channel_layers: ChannelLayers, alice: Any, layer: str
 ) -> None:
     server = daphne_factory(redis_url=redis_url, CHANNEL_LAYER=layer, WS_HEARTBEAT_SECONDS="0.5")
     async with ws_connect(server.ws_url, access_token(alice)) as client:
         # Published into a Redis nobody listens on: only the log has it.
-        settings.CHANNEL_LAYERS = redis_channel_layers(
-            redis_url=f"redis://127.0.0.1:{free_port()}/0", layer="pubsub", prefix="nowhere"
-        )
+        channel_layers("pubsub", redis_url=f"redis://127.0.0.1:{free_port()}/0", prefix="nowhere")
         await aevent_record(user_id=alice.pk, event="agent_started", run_id=uuid.uuid4(), agent="demo", data={})
-        await get_channel_layer().flush()
         # The first heartbeat after the commit may come from a read made before it; the second cannot.
         frames: list[dict[str, Any]] = []
         while sum(frame["type"] == "heartbeat" for frame in frames) < 2:
@@ -202,14 +198,13 @@ async def test_an_event_whose_layer_message_was_lost_arrives_within_one_heartbea
 async def test_the_group_is_joined_again_after_a_redis_restart(
     redis_server_factory: Callable[[], RedisServer],
     daphne_factory: Callable[..., DaphneServer],
-    settings: Any,
+    channel_layers: ChannelLayers,
     alice: Any,
     layer: str,
 ) -> None:
     redis = redis_server_factory()
     server = daphne_factory(redis_url=redis.url, CHANNEL_LAYER=layer, WS_HEARTBEAT_SECONDS="0.5")
-    settings.CHANNEL_LAYERS = redis_channel_layers(redis_url=redis.url, layer=layer, prefix=SESSION_PREFIX)
-    publisher = get_channel_layer()
+    publisher = channel_layers("pubsub" if layer == "pubsub" else "core", redis_url=redis.url)
     group = user_group_name(alice.pk)
 
     async def members() -> int:
@@ -227,15 +222,12 @@ async def test_the_group_is_joined_again_after_a_redis_restart(
             while await members() == 0:  # noqa: ASYNC110 (Redis is polled)
                 await asyncio.sleep(0.1)
 
-    try:
-        async with ws_connect(server.ws_url, access_token(alice)) as ws:
-            assert await members() == 1
-            await sync_to_async(redis.stop)()
-            await sync_to_async(redis.start)()
-            assert await members() == 0  # Redis kept nothing.
-            await members_back()
-            await aevent_record(user_id=alice.pk, event="agent_started", run_id=uuid.uuid4(), agent="demo", data={})
-            assert [event["seq"] for event in await ws.events(1)] == [1]
-    finally:
-        await publisher.flush()
+    async with ws_connect(server.ws_url, access_token(alice)) as ws:
+        assert await members() == 1
+        await sync_to_async(redis.stop)()
+        await sync_to_async(redis.start)()
+        assert await members() == 0  # Redis kept nothing.
+        await members_back()
+        await aevent_record(user_id=alice.pk, event="agent_started", run_id=uuid.uuid4(), agent="demo", data={})
+        assert [event["seq"] for event in await ws.events(1)] == [1]
     assert "Exception inside application" not in server.log()

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.utils.module_loading import import_string
 from redis import asyncio as aioredis
 
-from config.settings import redis_channel_layers
+from config.redis_urls import redis_channel_layers
 from tests.conftest import SESSION_PREFIX
 from tests.servers import RedisServer, free_port, wait_for
 
@@ -59,7 +60,9 @@ def _answers(port: int) -> bool:
 
 
 def layer_for(redis_url: str, kind: str) -> Any:
-    config = redis_channel_layers(redis_url=redis_url, layer=kind, prefix=f"{SESSION_PREFIX}layers")["default"]
+    config = redis_channel_layers(
+        redis_url=redis_url, layer=kind, prefix=f"{SESSION_PREFIX}layers", options=settings.REDIS_OPTIONS
+    )["default"]
     return import_string(str(config["BACKEND"]))(**config["CONFIG"])  # type: ignore[arg-type]
 
 
