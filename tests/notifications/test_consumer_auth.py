@@ -214,3 +214,16 @@ async def test_tokens_never_appear_in_the_server_log(daphne_factory: Any, redis_
     for token in (good, other, expired):
         for part in token.split("."):  # ...and holds no token, nor any part of one.
             assert part not in log
+
+
+@pytest.mark.parametrize("gone", USER_GONE)
+async def test_an_open_connection_of_a_user_deactivated_or_deleted_closes_4401_at_its_next_heartbeat(
+    daphne_beating: DaphneServer, alice: Any, bob: Any, gone: Any
+) -> None:
+    async with (
+        ws_connect(daphne_beating.ws_url, access_token(alice)) as leaving,
+        ws_connect(daphne_beating.ws_url, access_token(bob)) as staying,
+    ):
+        await sync_to_async(gone)(alice)
+        assert await leaving.closed() == 4401
+        await staying.expect("heartbeat")  # Bob's connection beats on.

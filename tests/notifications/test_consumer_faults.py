@@ -1,6 +1,7 @@
 """Faults end to end: Redis dying under a live client, server shutdown, idle and bursty connections."""
 
 import asyncio
+import json
 import signal
 import uuid
 from collections.abc import Callable
@@ -121,6 +122,27 @@ async def test_burst_of_200_connects_and_disconnects_raises_nothing(
     async with ws_connect(server.ws_url, token) as client:
         await client.send({"type": "ping"})
         assert await client.recv() == {"type": "pong"}
+    server.assert_log_clean()
+
+
+async def test_a_stopping_server_tells_each_client_when_to_come_back(
+    daphne_factory: Callable[..., DaphneServer], redis_url: str, alice: Any
+) -> None:
+    # 30 clients and a rate of 10 a second: come back within 3 s, each at its own moment.
+    server = daphne_factory(redis_url=redis_url, WS_RECONNECT_RATE_PER_SECOND="10")
+    token = access_token(alice)
+    contexts = [ws_connect(server.ws_url, token) for _ in range(30)]
+    clients = await asyncio.gather(*(context.__aenter__() for context in contexts))
+    try:
+        server.signal(signal.SIGTERM)
+        closes = await asyncio.gather(*(client.close_frame() for client in clients))
+    finally:
+        await asyncio.gather(*(context.__aexit__(None, None, None) for context in contexts))
+    assert {code for code, _ in closes} == {1001}
+    delays = [json.loads(reason)["retry_after"] for _, reason in closes]
+    assert all(0 <= delay <= 3 for delay in delays), delays
+    assert len(set(delays)) > 1, delays  # spread, not one instant for all
+    assert await asyncio.to_thread(server.wait) == 0
     server.assert_log_clean()
 
 
