@@ -7,11 +7,13 @@ Any daphne option given on the command line overrides the defaults below.
 import asyncio
 import logging
 import os
+import pprint
 import random
 import sys
 import time
 from typing import Any
 
+import autobahn.websocket.protocol
 from daphne.access import AccessLogGenerator
 from daphne.cli import CommandLineInterface
 from daphne.server import Server
@@ -42,6 +44,8 @@ class AccessLog(AccessLogGenerator):
         super().__init__(stream=None)
 
     def __call__(self, protocol: str, action: str, details: dict[str, Any]) -> None:
+        if not access_logger.isEnabledFor(logging.INFO):
+            return  # (LOG_LEVEL=WARNING: formatting each connect's entries would be work for nothing)
         if "path" in details:
             path, query, _ = str(details["path"]).partition("?")
             details = {**details, "path": path + ("?…" if query else "")}
@@ -65,6 +69,24 @@ class AccessLog(AccessLogGenerator):
             length or "-",
             extra={"client": host, "request": request, "status": status, "bytes": length},
         )
+
+
+class _Pretty:
+    """``pprint.pformat`` of a value, computed only if a log line that holds it is written."""
+
+    def __init__(self, value: object, *args: Any, **kwargs: Any) -> None:
+        self.value, self.args, self.kwargs = value, args, kwargs
+
+    def __format__(self, spec: str) -> str:
+        return format(pprint.pformat(self.value, *self.args, **self.kwargs), spec)
+
+    def __str__(self) -> str:
+        return pprint.pformat(self.value, *self.args, **self.kwargs)
+
+
+# autobahn pretty-prints some forty settings of every new connection for a
+# debug line, whether or not debug logging is on: a twentieth of a connect's CPU.
+autobahn.websocket.protocol.pformat = _Pretty  # type: ignore[assignment,attr-defined]
 
 
 class ReasonWebSocketProtocol(WebSocketProtocol):
@@ -94,6 +116,8 @@ class GracefulServer(Server):
         kwargs["endpoints"] = [_with_backlog(str(endpoint)) for endpoint in kwargs.get("endpoints") or []]
         super().__init__(*args, **kwargs)
         self.ports: list[Any] = []
+        # The connections the application checker has to look at (see there).
+        self.settling: set[Any] = set()
 
     def listen_success(self, port: Any) -> None:
         self.ports.append(port)  # Kept, so that shutdown can stop accepting first.
@@ -112,6 +136,65 @@ class GracefulServer(Server):
         """
         self.ws_factory.setProtocolOptions(failByDrop=False)
         self.ws_factory.protocol = ReasonWebSocketProtocol
+
+    # Daphne's periodic loops, per event instead of per socket. Stock daphne
+    # walks every connection once a second (the application checker) and
+    # every two seconds (the timeout checker): at 10,000 idle sockets that is
+    # most of an idle server's CPU.
+
+    def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
+        queue = super().create_application(protocol, scope)
+        instance = self.connections.get(protocol, {}).get("application_instance")
+        if instance is not None:
+            instance.add_done_callback(lambda _: self.settling.add(protocol))
+        return queue
+
+    def protocol_disconnected(self, protocol: Any) -> None:
+        super().protocol_disconnected(protocol)
+        self.settling.add(protocol)
+
+    def application_checker(self) -> None:
+        """Daphne's application checker (as of 4.2.3), for the connections that need it.
+
+        Only a connection that disconnected or whose application ended has
+        anything to check: an application to cancel after its close timeout,
+        one to reap (logging its exception), a connection to forget.
+        """
+        for protocol in list(self.settling):
+            details = self.connections.get(protocol)
+            if details is None:
+                self.settling.discard(protocol)
+                continue
+            disconnected = details.get("disconnected")
+            instance = details.get("application_instance")
+            if disconnected and time.time() - disconnected > self.application_close_timeout:
+                if instance is not None and not instance.done():
+                    logger.warning(
+                        "Application instance %r for connection %r took too long to shut down and was killed.",
+                        instance,
+                        protocol,
+                    )
+                    instance.cancel()
+            if instance is not None and instance.done():
+                if not instance.cancelled() and (exception := instance.exception()) is not None:
+                    if isinstance(exception, KeyboardInterrupt):
+                        self.stop()
+                    else:
+                        logger.error("Exception inside application: %s", exception, exc_info=exception)
+                        if not disconnected:
+                            protocol.handle_exception(exception)
+                del details["application_instance"]
+                instance = None
+            if instance is None and disconnected:
+                del self.connections[protocol]
+                self.settling.discard(protocol)
+        reactor.callLater(1, self.application_checker)  # type: ignore[arg-type]
+
+    def timeout_checker(self) -> None:
+        """Daphne's timeout checker (handshake and HTTP timeouts, WebSocket pings), every few seconds, not two."""
+        for protocol in list(self.connections):
+            protocol.check_timeouts()
+        reactor.callLater(settings.SERVER_TIMEOUT_CHECK_SECONDS, self.timeout_checker)  # type: ignore[arg-type]
 
     def kill_all_applications(self) -> defer.Deferred[Any]:
         """Run the shutdown hooks and close WebSockets with 1001, then cancel what is left.
@@ -220,6 +303,9 @@ def default_arguments() -> list[str]:
         # Daphne closes every WebSocket after a day by default; ours live until
         # the client, the token or the server ends them.
         "--websocket_timeout=-1",
+        # WebSocket pings find dead peers; the heartbeat keeps proxies and clients
+        # satisfied, so they need not come every 20 s (daphne's default).
+        f"--ping-interval={settings.WS_PING_SECONDS}",
     ]
 
 

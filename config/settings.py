@@ -361,6 +361,10 @@ WS_ALLOWED_ORIGINS = env_list("WS_ALLOWED_ORIGINS", ALLOWED_HOSTS)
 SHUTDOWN_CLOSE_GRACE_SECONDS = env_float("SHUTDOWN_CLOSE_GRACE_SECONDS", 2.0)
 # Connections the kernel queues for the server to accept (capped by net.core.somaxconn).
 SERVER_LISTEN_BACKLOG = env_int("SERVER_LISTEN_BACKLOG", 4096)
+# How often daphne's timeout checker runs (WebSocket pings, handshake timeouts), and
+# how often the server pings each WebSocket to find peers that vanished.
+SERVER_TIMEOUT_CHECK_SECONDS = env_float("SERVER_TIMEOUT_CHECK_SECONDS", 5.0)
+WS_PING_SECONDS = env_int("WS_PING_SECONDS", 60)
 
 # Agent runs.
 AGENT_RUN_TIMEOUT_SECONDS = env_float("AGENT_RUN_TIMEOUT_SECONDS", 60.0)
