@@ -34,10 +34,12 @@ from .auth import (
     identity_from,
     token_from_subprotocols,
 )
+from .batching import BatchedReader, batched_reader
 from .delivery import Delivery, ResumeRefused
 from .exceptions import AuthenticationFailed, ProtocolError
 from .frames import LayerEventMessage, encode, isoformat_utc
 from .heartbeat import Heartbeats, heartbeats
+from .layers import group_add_many, new_group_channel
 from .protocol import BASE_PARSERS, Ack, Auth, ClientMessage, Parser, Ping, Resume, client_message_parse
 from .ratelimit import TokenBucket
 from .selectors import UserState
@@ -99,7 +101,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         try:
             try:
                 self.channel_name = await asyncio.wait_for(
-                    self.channel_layer.new_channel(), timeout=LAYER_TIMEOUT_SECONDS
+                    new_group_channel(self.channel_layer), timeout=LAYER_TIMEOUT_SECONDS
                 )
             except Exception as exc:  # Any layer backend error.
                 logger.warning("Channel layer unavailable, refusing a WebSocket: %s", exc)
@@ -385,11 +387,11 @@ class NotificationConsumer(AsyncWebsocketConsumer):
     # Helpers.
 
     async def _group_join(self) -> bool:
-        """(Re-)join the user's group."""
+        """(Re-)join the user's group, with every other connection of this process joining at the same time."""
         assert self.group is not None
         try:
             await asyncio.wait_for(
-                self.channel_layer.group_add(self.group, self.channel_name), timeout=LAYER_TIMEOUT_SECONDS
+                group_joins(self.channel_layer).get((self.group, self.channel_name)), timeout=LAYER_TIMEOUT_SECONDS
             )
         except Exception as exc:  # Any layer backend error; the log still delivers.
             logger.warning("Could not join group %s: %s", self.group, exc)
@@ -449,6 +451,16 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         "websocket.disconnect": websocket_disconnect,
         "notification.event": notification_event,
     }
+
+
+def group_joins(layer: Any) -> BatchedReader[tuple[str, str], bool]:
+    """The running loop's batched group joins on ``layer`` (one ``SUBSCRIBE`` per shard for a burst)."""
+
+    async def join(pairs: list[tuple[str, str]]) -> dict[tuple[str, str], bool]:
+        await group_add_many(layer, pairs)
+        return dict.fromkeys(pairs, True)
+
+    return batched_reader(f"group-joins-{id(layer)}", join)
 
 
 def _unix_to_iso(timestamp: float) -> str:
