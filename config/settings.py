@@ -164,6 +164,8 @@ DATABASES = {
         DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE_SECONDS", 60), conn_health_checks=True
     )
 }
+# PostgreSQL: a pooled connection idle for longer than this is checked (a round trip) before it is lent.
+DB_POOL_CHECK_IDLE_SECONDS = env_float("DB_POOL_CHECK_IDLE_SECONDS", 2.0)
 # PostgreSQL: while it is down, one connection attempt per this interval tries it; the others fail at once.
 DB_OUTAGE_PROBE_SECONDS = env_float("DB_OUTAGE_PROBE_SECONDS", 0.5)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
@@ -179,9 +181,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         # own, so per-thread persistent connections would be opened per
         # request and left for the garbage collector. A process-wide pool
         # (psycopg_pool, through Django) hands the same connections to every
-        # thread instead; Django requires CONN_MAX_AGE=0 with it, and with
-        # CONN_HEALTH_CHECKS the pool checks each connection before lending it.
+        # thread instead; Django requires CONN_MAX_AGE=0 with it.
         DATABASES["default"]["CONN_MAX_AGE"] = 0
+        # With CONN_HEALTH_CHECKS the pool checks a connection before lending it,
+        # if it sat idle (config/postgresql/pool.py), not before every loan.
         DATABASES["default"]["OPTIONS"]["pool"] = {
             "min_size": env_int("DB_POOL_MIN_SIZE", 1),
             "max_size": env_int("DB_POOL_MAX_SIZE", 20),
