@@ -58,7 +58,7 @@ STOP_TIMEOUT_SECONDS = 5.0
 LAYER_RETRY_FIRST_SECONDS = 0.1
 LAYER_RETRY_MAX_SECONDS = 5.0
 
-astream_ack = database_sync_to_async(stream_ack)
+astream_ack = database_sync_to_async(stream_ack, thread_sensitive=False)
 
 
 class NotificationConsumer(AsyncWebsocketConsumer):

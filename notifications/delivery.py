@@ -21,8 +21,10 @@ from .selectors import events_after, stream_positions
 
 logger = logging.getLogger(__name__)
 
-aevents_after = database_sync_to_async(events_after)
-astream_positions = database_sync_to_async(stream_positions)
+# In the thread pool, not on Django's one thread-sensitive thread: the replays
+# of a reconnect storm then wait on the database side by side, not in a queue.
+aevents_after = database_sync_to_async(events_after, thread_sensitive=False)
+astream_positions = database_sync_to_async(stream_positions, thread_sensitive=False)
 
 SendText = Callable[[str], Awaitable[bool]]
 
