@@ -14,19 +14,24 @@ producer that falls behind shows as latency instead of hiding it (an open
 loop). It also carries ``r``, this run's tag, so the orchestrator can find
 exactly this run's events in the log. Writes what it sent: count, seconds,
 achieved rate, the wall-clock time of the first emit, and per user count.
+SIGTERM stops it early, as if ``--seconds`` had run out: what it started is
+finished and written.
 """
 
 import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+STOPPING = threading.Event()  # set by SIGTERM
 IN_FLIGHT = 32  # concurrent emits; beyond this the producer is saturated and falls behind
 
 Emit = Callable[[int, int, float], Awaitable[None]]
@@ -70,7 +75,7 @@ async def emit_raw(redis_url: str, users: list[int], rate: float, seconds: float
 
 
 async def pace(users: list[int], rate: float, seconds: float, one: Emit) -> dict[str, object]:
-    """Call ``one`` ``rate`` times a second (round-robin over users) for ``seconds``."""
+    """Call ``one`` ``rate`` times a second (round-robin over users) for ``seconds``, or until SIGTERM."""
     gate = asyncio.Semaphore(IN_FLIGHT)
     tasks: set[asyncio.Task[None]] = set()
     per_user: Counter[int] = Counter()
@@ -84,7 +89,7 @@ async def pace(users: list[int], rate: float, seconds: float, one: Emit) -> dict
         finally:
             gate.release()
 
-    while (now := time.perf_counter()) < deadline:
+    while (now := time.perf_counter()) < deadline and not STOPPING.is_set():
         due = started + count / rate if rate else now
         if due > now:
             await asyncio.sleep(due - now)
@@ -119,10 +124,14 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     users = [int(user) for user in args.users.split(",")]
-    if args.mode == "ours":
-        sent = asyncio.run(emit_ours(users, args.rate, args.seconds, args.tag))
-    else:
-        sent = asyncio.run(emit_raw(args.redis, users, args.rate, args.seconds, args.tag))
+    previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: STOPPING.set())
+    try:
+        if args.mode == "ours":
+            sent = asyncio.run(emit_ours(users, args.rate, args.seconds, args.tag))
+        else:
+            sent = asyncio.run(emit_raw(args.redis, users, args.rate, args.seconds, args.tag))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     with open(args.out, "w") as out:
         json.dump(sent, out)
 

@@ -1,354 +1,83 @@
 """End-to-end benchmark: ours beside the raw limit, on this machine.
 
-    .venv/bin/python bench/run.py            # the full run (about 10 minutes)
-    .venv/bin/python bench/run.py --quick    # a small one (well under a minute), as CI runs it
+    .venv/bin/python bench/run.py            # the full run (about 25 minutes)
+    .venv/bin/python bench/run.py --quick    # a small one (about a minute), as CI runs it
+    .venv/bin/python bench/run.py --quick --only connections --set storm_connections=2000
 
 It starts its own redis-server and a PostgreSQL database of its own (on the
 local server, ``BENCH_PG_URL``), then, each in its own process: one daphne
 with the production settings (``python -m config.server``), the raw
-forwarder (``bench/raw_forwarder.py``), the clients (``bench/clients.py``)
-and the producer (``bench/producer.py``). It prints a table, ours beside the
+forwarder (``bench/raw_forwarder.py``), the clients (``bench/clients.py``,
+and ``bench/storm_clients.py`` for the storms) and the producer
+(``bench/producer.py``). The runs: load (throughput and latency), the
+connection runs of ``connections.py`` (idle cost, memory at scale, a connect
+storm, a restart) and ``drain_events``. It prints a table, ours beside the
 raw limit, and writes every figure to ``--json``. Lost, duplicated and
 out-of-order events are counted in every run; ``--check`` exits 1 if any
-run of ours had one.
+run of ours had one, the restart included.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
-import resource
-import secrets
-import select
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
-import threading
 import time
-import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-BENCH = ROOT / "bench"
-PYTHON = sys.executable
-PG_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-SECRET = secrets.token_urlsafe(50)
+from connections import Start, connection_rows, idle, storms
+from harness import (
+    BENCH,
+    PYTHON,
+    ROOT,
+    Machine,
+    raise_file_limit,
+    setup,
+    start_ours,
+    start_raw,
+    tokens,
+    wrong,
+)
+from load import load
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Plan:
     users: int
     load_seconds: float
     rates: tuple[int, ...]  # fixed rates for the latency runs
-    idle_connections: int
     drain_events: int
+    idle_connections: int  # held while their cost is measured, opened 200 at a time
+    idle_seconds: float  # how long the cost is measured: a whole number of heartbeats in the full plan
+    scale_connections: int  # then held in all, by two client processes, for the memory per socket
+    scale_idle_seconds: float  # and their cost measured for as long
+    storm_connections: int  # connect all at once, then come back after a restart
+    storm_emit_users: int  # users with events during the reconnect storm
+    storm_rate: float  # their events/s, in all
+    storm_warm_seconds: float  # events before the restart, and after every client is back
+
+    @property
+    def accounts(self) -> int:
+        return max(self.users, self.scale_connections, self.storm_connections)
 
 
-FULL = Plan(users=1000, load_seconds=10, rates=(500, 2000), idle_connections=10_000, drain_events=50_000)
-QUICK = Plan(users=50, load_seconds=2, rates=(200,), idle_connections=200, drain_events=2000)
+FULL = Plan(
+    users=1000, load_seconds=10, rates=(500, 2000), drain_events=50_000,
+    idle_connections=10_000, idle_seconds=75, scale_connections=18_000, scale_idle_seconds=25,
+    storm_connections=10_000, storm_emit_users=1000, storm_rate=100, storm_warm_seconds=5,
+)  # fmt: skip
+QUICK = Plan(
+    users=50, load_seconds=2, rates=(200,), drain_events=2000,
+    idle_connections=200, idle_seconds=5, scale_connections=300, scale_idle_seconds=2,
+    storm_connections=300, storm_emit_users=20, storm_rate=50, storm_warm_seconds=2,
+)  # fmt: skip
 FEW_USERS = 8
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def raise_file_limit() -> None:
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def wait_line(process: subprocess.Popen[str], prefix: str, timeout: float) -> str:
-    """Read the child's stdout until a line starting with ``prefix``; every wait is bounded."""
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout
-    while (remaining := deadline - time.monotonic()) > 0:
-        ready, _, _ = select.select([process.stdout], [], [], remaining)
-        if not ready:
-            break
-        line = process.stdout.readline()
-        if line.startswith(prefix):
-            return line.strip()
-        if not line:
-            break
-    raise RuntimeError(f"{process.args!r} gave no {prefix!r} line within {timeout}s (exit {process.poll()})")
-
-
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port} after {timeout}s")
-
-
-@dataclass
-class Machine:
-    """What one run starts, to stop it all at the end."""
-
-    workdir: Path
-    processes: list[subprocess.Popen[Any]] = field(default_factory=list)
-    database: str = ""
-
-    def start(self, command: list[str], env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.Popen[Any]:
-        if "stdout" not in kwargs:  # servers: their output goes to a log file in the work directory
-            log = open(self.workdir / f"{Path(command[1]).stem}-{len(self.processes)}.log", "wb")
-            kwargs.update(stdout=log, stderr=subprocess.STDOUT)
-        process = subprocess.Popen(
-            command, cwd=ROOT, env={**os.environ, **(env or {})}, preexec_fn=raise_file_limit, **kwargs
-        )
-        self.processes.append(process)
-        return process
-
-    def stop(self, process: subprocess.Popen[Any]) -> None:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=15)
-
-    def close(self) -> None:
-        for process in reversed(self.processes):
-            self.stop(process)
-        if self.database:
-            import psycopg
-
-            with psycopg.connect(PG_URL, autocommit=True) as conn:
-                conn.execute(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
-
-
-def setup(machine: Machine, plan: Plan) -> dict[str, str]:
-    """Start Redis and make the database; return the environment every process of ours gets."""
-    import psycopg
-
-    redis_port = free_port()
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed (Debian: apt-get install redis-server).")
-    machine.start(
-        [binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--maxclients", "30000", "--dir", str(machine.workdir)],
-    )  # fmt: skip
-    wait_port(redis_port)
-    machine.database = f"bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_URL, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f"CREATE DATABASE {machine.database}")
-    database_url = urlunsplit(urlsplit(PG_URL)._replace(path=f"/{machine.database}"))
-    env = {
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "DJANGO_DEBUG": "false",
-        "DJANGO_HTTPS": "false",  # plain HTTP on loopback
-        "DJANGO_SECRET_KEY": SECRET,
-        "DJANGO_STATIC_ROOT": str(machine.workdir / "static"),
-        "DATABASE_URL": database_url,
-        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "LOG_LEVEL": "WARNING",
-        "JWT_ACCESS_LIFETIME_SECONDS": "7200",
-        "WS_HEARTBEAT_SECONDS": "25",
-        "PYTHONUNBUFFERED": "1",
-    }
-    (machine.workdir / "static").mkdir()
-    subprocess.run([PYTHON, "manage.py", "migrate", "-v0"], cwd=ROOT, env={**os.environ, **env}, check=True)
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO auth_user (password, is_superuser, username, first_name, last_name, email, is_staff,"
-            " is_active, date_joined) SELECT '!', false, 'bench' || i, '', '', '', false, true, now()"
-            " FROM generate_series(1, %s) i",
-            [max(plan.users, plan.idle_connections)],
-        )
-    return env
-
-
-def tokens(env: dict[str, str], count: int) -> list[tuple[int, str]]:
-    """Mint access tokens for the first ``count`` users, signed with the server's key."""
-    os.environ.update(env)
-    import django
-
-    django.setup()
-    from django.contrib.auth import get_user_model
-    from rest_framework_simplejwt.tokens import AccessToken
-
-    users = list(get_user_model()._default_manager.order_by("id")[:count])
-    return [(int(user.pk), str(AccessToken.for_user(user))) for user in users]
-
-
-def start_ours(machine: Machine, env: dict[str, str], layer: str) -> tuple[subprocess.Popen[Any], str]:
-    port = free_port()
-    server = machine.start(
-        [PYTHON, "-m", "config.server", "-b", "127.0.0.1", "-p", str(port)], {**env, "CHANNEL_LAYER": layer}
-    )
-    wait_port(port)
-    return server, f"ws://127.0.0.1:{port}/ws/notifications/"
-
-
-def start_raw(machine: Machine, env: dict[str, str]) -> tuple[subprocess.Popen[Any], str]:
-    port = free_port()
-    server = machine.start(
-        [PYTHON, str(BENCH / "raw_forwarder.py"), "--port", str(port), "--redis", env["REDIS_URL"]],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    wait_line(server, "READY", 30)
-    return server, f"ws://127.0.0.1:{port}/"
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user and system) a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def load(
-    machine: Machine, env: dict[str, str], *, mode: str, url: str, users: list[tuple[int, str | None]],
-    rate: float, seconds: float, server_pid: int, layer: str = "pubsub",
-) -> dict[str, Any]:  # fmt: skip
-    """Connect the users, emit for ``seconds`` at ``rate`` (0: flat out), and count what arrived.
-
-    Ours promises every event within one heartbeat even when the layer drops
-    it, so its clients wait that long for stragglers before counting one lost.
-    """
-    idle_seconds = 5.0 + (float(env["WS_HEARTBEAT_SECONDS"]) if mode == "ours" else 0.0)
-    tag = uuid.uuid4().hex[:8]
-    tokens_file, clients_out, sent_out = (machine.workdir / f"{tag}.{name}.json" for name in ("tokens", "recv", "sent"))
-    tokens_file.write_text(json.dumps(users))
-    clients = machine.start(
-        [PYTHON, str(BENCH / "clients.py"), "--url", url, "--tokens", str(tokens_file), "--out", str(clients_out),
-         "--idle", str(idle_seconds)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    wait_line(clients, "READY", 120)
-    producer = [
-        PYTHON, str(BENCH / "producer.py"), "--mode", mode, "--users", ",".join(str(user) for user, _ in users),
-        "--rate", str(rate), "--seconds", str(seconds), "--out", str(sent_out), "--redis", env["REDIS_URL"],
-        "--tag", tag,
-    ]  # fmt: skip
-    # The server's CPU, sampled from the first emit until the last event arrived
-    # (the clients' idle wait for stragglers afterwards is left out).
-    samples: list[tuple[float, float]] = []
-    sampling = threading.Event()
-
-    def sample() -> None:
-        while not sampling.wait(0.1):
-            samples.append((time.time(), cpu_seconds(server_pid)))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    samples.append((time.time(), cpu_seconds(server_pid)))
-    sampler.start()
-    with open(machine.workdir / f"{tag}.producer.log", "wb") as log:
-        subprocess.run(
-            producer, cwd=ROOT, env={**os.environ, **env, "CHANNEL_LAYER": layer}, check=True, timeout=600, stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    sent = json.loads(sent_out.read_text())
-    assert clients.stdin is not None
-    clients.stdin.write(f"EXPECT {sent['sent']}\n")
-    clients.stdin.flush()
-    wait_line(clients, "DONE", 300 + idle_seconds)
-    sampling.set()
-    sampler.join(timeout=5)
-    received = json.loads(clients_out.read_text())
-    until = received["last_received"] if received["received"] else sent["first_emit"] + sent["seconds"]
-    server_cpu = next((cpu for at, cpu in samples if at >= until), samples[-1][1]) - samples[0][1]
-    got = {int(user): set(seqs) for user, seqs in received.pop("seqs").items()}
-    expected, pending = expected_seqs(env, mode=mode, tag=tag, sent=sent)
-    # Per user: every expected seq arrived, and nothing else did.
-    lost = sum(len(seqs - got.get(user, set())) for user, seqs in expected.items())
-    unexpected = sum(len(seqs - expected.get(user, set())) for user, seqs in got.items())
-    unique = sum(len(seqs) for seqs in got.values())
-    # From the first emit to the last arrival: a backlog still draining after
-    # the producer stopped counts against the rate.
-    span = max(received["last_received"] - sent["first_emit"], sent["seconds"]) if unique else sent["seconds"]
-    return {
-        "users": len(users),
-        "sent": sent["sent"],
-        "logged": sum(len(seqs) for seqs in expected.values()),
-        "left_pending": pending,
-        "emit_rate": round(sent["rate"], 1),
-        "received": received["received"],
-        "delivered_rate": round(unique / span, 1),
-        "lost": lost,
-        "unexpected": unexpected,
-        "duplicates": received["duplicates"],
-        "out_of_order": received["out_of_order"],
-        "latency_ms": received["latency_ms"],
-        # CPU per event sent: the producer's while it emitted, the server's from the
-        # first emit until the last arrival (to within the 0.1 s sampling).
-        "producer_cpu_us_per_event": round(sent["cpu_seconds"] / max(sent["sent"], 1) * 1e6, 1),
-        "server_cpu_us_per_event": round(server_cpu / max(sent["sent"], 1) * 1e6, 1),
-    }
-
-
-def expected_seqs(env: dict[str, str], *, mode: str, tag: str, sent: dict[str, Any]) -> tuple[dict[int, set[int]], int]:
-    """What each user should receive: this run's events in the log (ours) or 1..n (raw); and how many are pending."""
-    if mode == "raw":
-        return {int(user): set(range(1, n + 1)) for user, n in sent["per_user"].items()}, 0
-    import psycopg
-
-    with psycopg.connect(env["DATABASE_URL"]) as conn:
-        rows = conn.execute(
-            "SELECT user_id, array_agg(seq), count(*) FILTER (WHERE published_at IS NULL) "
-            "FROM notifications_event WHERE data->>'r' = %s GROUP BY user_id",
-            [tag],
-        ).fetchall()
-    return {int(user): set(seqs) for user, seqs, _ in rows}, sum(int(left) for *_, left in rows)
-
-
-def idle(machine: Machine, start: Any, users: list[tuple[int, str | None]]) -> dict[str, Any]:
-    """Hold ``len(users)`` idle connections to a fresh server; measure connects/s and its memory per open one."""
-    server, url = start()
-    time.sleep(1)  # let it settle after start-up
-    before = rss_kib(server.pid)
-    tag = uuid.uuid4().hex[:8]
-    tokens_file, clients_out = machine.workdir / f"{tag}.tokens.json", machine.workdir / f"{tag}.recv.json"
-    tokens_file.write_text(json.dumps(users))
-    clients = machine.start(
-        [PYTHON, str(BENCH / "clients.py"), "--url", url, "--tokens", str(tokens_file), "--out", str(clients_out)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    ready = wait_line(clients, "READY", 600).split()
-    time.sleep(2)  # idle: no events, only the server's own timers
-    assert clients.stdin is not None
-    clients.stdin.write("OPEN\n")
-    clients.stdin.flush()
-    still_open = int(wait_line(clients, "OPEN", 60).split()[1])
-    after = rss_kib(server.pid)
-    clients.stdin.write("STOP\n")
-    clients.stdin.flush()
-    wait_line(clients, "DONE", 300)
-    machine.stop(server)
-    count, seconds = int(ready[1]), float(ready[2])
-    return {
-        "connections": count,
-        "open_when_measured": still_open,
-        "connect_per_second": round(count / seconds, 1),
-        "rss_before_kib": before,
-        "rss_after_kib": after,
-        "kib_per_connection": round((after - before) / max(still_open, 1), 1),
-    }
+PARTS = ("load", "connections", "drain")
+CHECKED = ("max", "few_users", "reconnect_storm", *(f"at_{rate}" for rate in {*FULL.rates, *QUICK.rates}))
 
 
 def drain(env: dict[str, str], count: int) -> dict[str, Any]:
@@ -395,12 +124,6 @@ def drain(env: dict[str, str], count: int) -> dict[str, Any]:
     }
 
 
-def wrong(figures: dict[str, Any]) -> int:
-    """Everything a run got wrong: lost, unexpected, duplicated, out-of-order and still-pending events."""
-    keys = ("lost", "unexpected", "duplicates", "out_of_order", "left_pending")
-    return int(sum(figures[key] for key in keys))
-
-
 def ratio(ours: float | None, raw: float | None) -> str:
     return f"{ours / raw:.2f}" if ours and raw else "-"
 
@@ -410,8 +133,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", default=str(BENCH / "results.json"))
     parser.add_argument("--check", action="store_true", help="Exit 1 if any run of ours lost, duplicated or reordered.")
+    parser.add_argument("--only", default=",".join(PARTS), help=f"Comma-separated parts to run, of {', '.join(PARTS)}.")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=N", help="Change one figure of the plan.")
     args = parser.parse_args()
-    plan = QUICK if args.quick else FULL
+    plan = dataclasses.replace(
+        QUICK if args.quick else FULL, **{k: type(getattr(FULL, k))(v) for k, v in (s.split("=") for s in args.set)}
+    )
+    parts = set(args.only.split(","))
     raise_file_limit()
     results: dict[str, Any] = {
         "plan": plan.__dict__,
@@ -419,10 +147,10 @@ def main() -> None:
     }
     machine = Machine(workdir=Path(tempfile.mkdtemp(prefix="bench-")))
     try:
-        env = setup(machine, plan)
-        minted = tokens(env, max(plan.users, plan.idle_connections))
-        ours_users: list[tuple[int, str | None]] = list(minted[: plan.users])
-        raw_users: list[tuple[int, str | None]] = [(user, None) for user, _ in ours_users]
+        env = setup(machine, plan.accounts)
+        minted: list[tuple[int, str | None]] = list(tokens(env, plan.accounts))
+        anonymous: list[tuple[int, str | None]] = [(user, None) for user, _ in minted]
+        results["raw"], results["ours_pubsub"] = {}, {}
 
         def runs(
             mode: str, url: str, users: list[tuple[int, str | None]], server_pid: int, layer: str = "pubsub"
@@ -440,20 +168,27 @@ def main() -> None:
             figures["few_users"] = one(0, users[:FEW_USERS])
             return figures
 
-        raw, raw_url = start_raw(machine, env)
-        results["raw"] = runs("raw", raw_url, raw_users, raw.pid)
-        machine.stop(raw)
-        results["raw"]["idle"] = idle(
-            machine, lambda: start_raw(machine, env), [(user, None) for user, _ in minted[: plan.idle_connections]]
-        )
-        for layer in ("pubsub", "core"):
-            server, url = start_ours(machine, env, layer)
-            results[f"ours_{layer}"] = runs("ours", url, ours_users, server.pid, layer)
-            machine.stop(server)
-        results["ours_pubsub"]["idle"] = idle(
-            machine, lambda: start_ours(machine, env, "pubsub"), list(minted[: plan.idle_connections])
-        )
-        results["drain"] = drain(env, plan.drain_events)
+        def start_raw_on(port: int) -> tuple[subprocess.Popen[Any], str]:
+            return start_raw(machine, env, port)
+
+        def start_ours_on(port: int) -> tuple[subprocess.Popen[Any], str]:
+            return start_ours(machine, env, "pubsub", port)
+
+        if "load" in parts:
+            raw, raw_url = start_raw(machine, env)
+            results["raw"] = runs("raw", raw_url, anonymous[: plan.users], raw.pid)
+            machine.stop(raw)
+        if "connections" in parts:
+            results["raw"].update(connection_runs(machine, env, plan, start_raw_on, anonymous, mode="raw"))
+        if "load" in parts:
+            for layer in ("pubsub", "core"):
+                server, url = start_ours(machine, env, layer)
+                results[f"ours_{layer}"] = runs("ours", url, minted[: plan.users], server.pid, layer)
+                machine.stop(server)
+        if "connections" in parts:
+            results["ours_pubsub"].update(connection_runs(machine, env, plan, start_ours_on, minted, mode="ours"))
+        if "drain" in parts:
+            results["drain"] = drain(env, plan.drain_events)
     finally:
         machine.close()
         shutil.rmtree(machine.workdir, ignore_errors=True)
@@ -465,21 +200,42 @@ def main() -> None:
         bad = [
             f"{name}.{run}"
             for name in ("ours_pubsub", "ours_core")
-            for run, figures in results[name].items()
-            if run != "idle" and (wrong(figures) or figures["logged"] != figures["sent"])
+            for run, figures in results.get(name, {}).items()
+            if run in CHECKED and (wrong(figures) or figures["logged"] != figures["sent"])
         ]
         if bad:
             raise SystemExit(f"Lost, unexpected, duplicated, out-of-order or unpublished events in: {', '.join(bad)}")
 
 
+def connection_runs(
+    machine: Machine, env: dict[str, str], plan: Plan, start: Start, users: list[tuple[int, str | None]], mode: str
+) -> dict[str, Any]:
+    """The idle sockets, their memory at scale, and the connect and reconnect storms, on one kind of server."""
+    idle_figures = idle(
+        machine, start, users[: plan.idle_connections], users[plan.idle_connections : plan.scale_connections],
+        seconds=plan.idle_seconds, scale_seconds=plan.scale_idle_seconds,
+        database=machine.database if mode == "ours" else None,
+    )  # fmt: skip
+    storm_figures = storms(
+        machine, env, start, users[: plan.storm_connections], mode=mode,
+        emit_users=plan.storm_emit_users, rate=plan.storm_rate, warm_seconds=plan.storm_warm_seconds,
+    )  # fmt: skip
+    return {"idle": idle_figures, **storm_figures}
+
+
 def report(results: dict[str, Any], plan: Plan) -> None:
-    ours, core, raw = results["ours_pubsub"], results["ours_core"], results["raw"]
+    ours, core, raw = results["ours_pubsub"], results.get("ours_core", {}), results["raw"]
     print(f"\n{plan.users} users, {plan.load_seconds:g} s per run, {results['machine']['cpus']} CPUs\n")
     print(f"{'':44} {'ours (pubsub)':>14} {'ours (core)':>12} {'raw':>10} {'ours/raw':>9}")
 
     def row(label: str, key: str, pick: Any) -> None:
         values = [pick(run[key]) if key in run else None for run in (ours, core, raw)]
-        shown = [f"{v:,.1f}" if isinstance(v, float) else (f"{v:,}" if isinstance(v, int) else "-") for v in values]
+        shown = [
+            (f"{v:,.2f}" if abs(v) < 10 else f"{v:,.1f}")
+            if isinstance(v, float)
+            else (f"{v:,}" if isinstance(v, int) else "-")
+            for v in values
+        ]
         print(f"{label:44} {shown[0]:>14} {shown[1]:>12} {shown[2]:>10} {ratio(values[0], values[2]):>9}")
 
     row("delivered events/s, flat out", "max", lambda r: r["delivered_rate"])
@@ -495,12 +251,10 @@ def report(results: dict[str, Any], plan: Plan) -> None:
         row("  lost+unexpected+duplicated+out of order+pending", f"at_{rate}", wrong)
     row(f"delivered events/s, {FEW_USERS} users flat out", "few_users", lambda r: r["delivered_rate"])
     row("  lost+unexpected+duplicated+out of order+pending", "few_users", wrong)
-    row("idle connections held (open when measured)", "idle", lambda r: r["open_when_measured"])
-    row("  connects/s", "idle", lambda r: r["connect_per_second"])
-    row("  server KiB per connection", "idle", lambda r: r["kib_per_connection"])
-    drain = results["drain"]
-    label = "drain_events: pending events published/s"
-    print(f"{label:44} {drain['per_second']:>14,.1f}   ({drain['events']:,} in {drain['seconds']} s)")
+    connection_rows(row, plan)
+    if drain := results.get("drain"):
+        label = "drain_events: pending events published/s"
+        print(f"{label:44} {drain['per_second']:>14,.1f}   ({drain['events']:,} in {drain['seconds']} s)")
 
 
 if __name__ == "__main__":
