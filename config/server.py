@@ -7,10 +7,13 @@ Any daphne option given on the command line overrides the defaults below.
 import asyncio
 import logging
 import os
+import pprint
+import random
 import sys
 import time
 from typing import Any
 
+import autobahn.websocket.protocol
 from daphne.access import AccessLogGenerator
 from daphne.cli import CommandLineInterface
 from daphne.server import Server
@@ -18,6 +21,8 @@ from daphne.ws_protocol import WebSocketProtocol
 from django.conf import settings
 from django.utils.module_loading import import_string
 from twisted.internet import defer, reactor
+
+from notifications.admission import retry_reason
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("access")
@@ -39,6 +44,8 @@ class AccessLog(AccessLogGenerator):
         super().__init__(stream=None)
 
     def __call__(self, protocol: str, action: str, details: dict[str, Any]) -> None:
+        if not access_logger.isEnabledFor(logging.INFO):
+            return  # (LOG_LEVEL=WARNING: formatting each connect's entries would be work for nothing)
         if "path" in details:
             path, query, _ = str(details["path"]).partition("?")
             details = {**details, "path": path + ("?…" if query else "")}
@@ -64,8 +71,36 @@ class AccessLog(AccessLogGenerator):
         )
 
 
+class _Pretty:
+    """``pprint.pformat`` of a value, computed only if a log line that holds it is written."""
+
+    def __init__(self, value: object, *args: Any, **kwargs: Any) -> None:
+        self.value, self.args, self.kwargs = value, args, kwargs
+
+    def __format__(self, spec: str) -> str:
+        return format(pprint.pformat(self.value, *self.args, **self.kwargs), spec)
+
+    def __str__(self) -> str:
+        return pprint.pformat(self.value, *self.args, **self.kwargs)
+
+
+# autobahn pretty-prints some forty settings of every new connection for a
+# debug line, whether or not debug logging is on: a twentieth of a connect's CPU.
+autobahn.websocket.protocol.pformat = _Pretty  # type: ignore[assignment,attr-defined]
+
+
+class ReasonWebSocketProtocol(WebSocketProtocol):
+    """Daphne's WebSocket protocol, sending the close reason an application gives (daphne drops it)."""
+
+    def handle_reply(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "websocket.close" and message.get("reason") and self.state != self.STATE_CONNECTING:
+            self.sendClose(code=message.get("code") or 1000, reason=str(message["reason"]))
+            return
+        super().handle_reply(message)
+
+
 class GracefulServer(Server):
-    """Daphne, closing every WebSocket with 1001 before its application is cancelled.
+    """Daphne, closing every WebSocket with 1001 and a reconnect delay before its application is cancelled.
 
     Stock daphne cancels applications at shutdown and drops the sockets, so
     clients see an abnormal 1006 and cannot tell a restart from a crash.
@@ -76,8 +111,13 @@ class GracefulServer(Server):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if isinstance(kwargs.get("action_logger"), AccessLogGenerator):
             kwargs["action_logger"] = AccessLog()
+        # Twisted listens with a backlog of 50: a reconnect storm of thousands
+        # would have its SYNs dropped and wait out TCP's retransmits (1 s, 3 s, ...).
+        kwargs["endpoints"] = [_with_backlog(str(endpoint)) for endpoint in kwargs.get("endpoints") or []]
         super().__init__(*args, **kwargs)
         self.ports: list[Any] = []
+        # The connections the application checker has to look at (see there).
+        self.settling: set[Any] = set()
 
     def listen_success(self, port: Any) -> None:
         self.ports.append(port)  # Kept, so that shutdown can stop accepting first.
@@ -95,6 +135,66 @@ class GracefulServer(Server):
         accepted, so every protocol gets it.
         """
         self.ws_factory.setProtocolOptions(failByDrop=False)
+        self.ws_factory.protocol = ReasonWebSocketProtocol
+
+    # Daphne's periodic loops, per event instead of per socket. Stock daphne
+    # walks every connection once a second (the application checker) and
+    # every two seconds (the timeout checker): at 10,000 idle sockets that is
+    # most of an idle server's CPU.
+
+    def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
+        queue = super().create_application(protocol, scope)
+        instance = self.connections.get(protocol, {}).get("application_instance")
+        if instance is not None:
+            instance.add_done_callback(lambda _: self.settling.add(protocol))
+        return queue
+
+    def protocol_disconnected(self, protocol: Any) -> None:
+        super().protocol_disconnected(protocol)
+        self.settling.add(protocol)
+
+    def application_checker(self) -> None:
+        """Daphne's application checker (as of 4.2.3), for the connections that need it.
+
+        Only a connection that disconnected or whose application ended has
+        anything to check: an application to cancel after its close timeout,
+        one to reap (logging its exception), a connection to forget.
+        """
+        for protocol in list(self.settling):
+            details = self.connections.get(protocol)
+            if details is None:
+                self.settling.discard(protocol)
+                continue
+            disconnected = details.get("disconnected")
+            instance = details.get("application_instance")
+            if disconnected and time.time() - disconnected > self.application_close_timeout:
+                if instance is not None and not instance.done():
+                    logger.warning(
+                        "Application instance %r for connection %r took too long to shut down and was killed.",
+                        instance,
+                        protocol,
+                    )
+                    instance.cancel()
+            if instance is not None and instance.done():
+                if not instance.cancelled() and (exception := instance.exception()) is not None:
+                    if isinstance(exception, KeyboardInterrupt):
+                        self.stop()
+                    else:
+                        logger.error("Exception inside application: %s", exception, exc_info=exception)
+                        if not disconnected:
+                            protocol.handle_exception(exception)
+                del details["application_instance"]
+                instance = None
+            if instance is None and disconnected:
+                del self.connections[protocol]
+                self.settling.discard(protocol)
+        reactor.callLater(1, self.application_checker)  # type: ignore[arg-type]
+
+    def timeout_checker(self) -> None:
+        """Daphne's timeout checker (handshake and HTTP timeouts, WebSocket pings), every few seconds, not two."""
+        for protocol in list(self.connections):
+            protocol.check_timeouts()
+        reactor.callLater(settings.SERVER_TIMEOUT_CHECK_SECONDS, self.timeout_checker)  # type: ignore[arg-type]
 
     def kill_all_applications(self) -> defer.Deferred[Any]:
         """Run the shutdown hooks and close WebSockets with 1001, then cancel what is left.
@@ -120,14 +220,21 @@ class GracefulServer(Server):
         return both
 
     def _close_websockets(self) -> defer.Deferred[None]:
-        """Send 1001 to every open WebSocket and wait, bounded, for the closing handshakes."""
+        """Send 1001 to every open WebSocket and wait, bounded, for the closing handshakes.
+
+        Each close tells its client when to come back (docs/protocol.md): a
+        random delay spread over as many seconds as the servers need to admit
+        them all again, so a restart is not followed by a storm.
+        """
         closing = [
             protocol
             for protocol in self.connections
             if isinstance(protocol, WebSocketProtocol) and protocol.state == WebSocketProtocol.STATE_OPEN
         ]
+        spread_seconds = reconnect_spread_seconds(len(closing))
         for protocol in closing:
-            protocol.sendCloseFrame(code=CLOSE_GOING_AWAY)
+            delay = random.uniform(0, spread_seconds)  # noqa: S311 (spreading load, not a secret)
+            protocol.sendCloseFrame(code=CLOSE_GOING_AWAY, reasonUtf8=retry_reason(delay).encode())
         deadline = time.monotonic() + settings.SHUTDOWN_CLOSE_GRACE_SECONDS
         done: defer.Deferred[None] = defer.Deferred()
 
@@ -159,6 +266,19 @@ class GracefulServer(Server):
         return waiting
 
 
+def reconnect_spread_seconds(clients: int) -> float:
+    """Over how many seconds the clients of a stopping server are told to come back."""
+    rate: float = settings.WS_RECONNECT_RATE_PER_SECOND
+    longest: float = settings.WS_RECONNECT_SPREAD_MAX_SECONDS
+    return min(longest, max(1.0, clients / rate))
+
+
+def _with_backlog(endpoint: str) -> str:
+    if endpoint.startswith(("tcp:", "tcp6:", "ssl:", "unix:")) and "backlog=" not in endpoint:
+        return f"{endpoint}:backlog={settings.SERVER_LISTEN_BACKLOG}"
+    return endpoint
+
+
 async def _run_shutdown_hooks() -> None:
     """Await each of settings.SHUTDOWN_HOOKS; one failing does not stop the others."""
     for path in settings.SHUTDOWN_HOOKS:
@@ -183,6 +303,9 @@ def default_arguments() -> list[str]:
         # Daphne closes every WebSocket after a day by default; ours live until
         # the client, the token or the server ends them.
         "--websocket_timeout=-1",
+        # WebSocket pings find dead peers; the heartbeat keeps proxies and clients
+        # satisfied, so they need not come every 20 s (daphne's default).
+        f"--ping-interval={settings.WS_PING_SECONDS}",
     ]
 
 

@@ -8,10 +8,11 @@ start without a real secret key.
 import os
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+
+from config.redis_urls import RedisOptions, redis_channel_layers
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -163,6 +164,8 @@ DATABASES = {
         DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE_SECONDS", 60), conn_health_checks=True
     )
 }
+# PostgreSQL: a pooled connection idle for longer than this is checked (a round trip) before it is lent.
+DB_POOL_CHECK_IDLE_SECONDS = env_float("DB_POOL_CHECK_IDLE_SECONDS", 2.0)
 # PostgreSQL: while it is down, one connection attempt per this interval tries it; the others fail at once.
 DB_OUTAGE_PROBE_SECONDS = env_float("DB_OUTAGE_PROBE_SECONDS", 0.5)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
@@ -178,9 +181,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         # own, so per-thread persistent connections would be opened per
         # request and left for the garbage collector. A process-wide pool
         # (psycopg_pool, through Django) hands the same connections to every
-        # thread instead; Django requires CONN_MAX_AGE=0 with it, and with
-        # CONN_HEALTH_CHECKS the pool checks each connection before lending it.
+        # thread instead; Django requires CONN_MAX_AGE=0 with it.
         DATABASES["default"]["CONN_MAX_AGE"] = 0
+        # With CONN_HEALTH_CHECKS the pool checks a connection before lending it,
+        # if it sat idle (config/postgresql/pool.py), not before every loan.
         DATABASES["default"]["OPTIONS"]["pool"] = {
             "min_size": env_int("DB_POOL_MIN_SIZE", 1),
             "max_size": env_int("DB_POOL_MAX_SIZE", 20),
@@ -232,107 +236,24 @@ STORAGES = {
 # waits for a free connection instead of failing at 100.
 REDIS_URL = env_str("REDIS_URL", "")
 CHANNEL_LAYER = env_str("CHANNEL_LAYER", "pubsub")
-REDIS_SOCKET_TIMEOUT_SECONDS = env_float("REDIS_SOCKET_TIMEOUT_SECONDS", 15.0)
-REDIS_SOCKET_CONNECT_TIMEOUT_SECONDS = env_float("REDIS_SOCKET_CONNECT_TIMEOUT_SECONDS", 2.0)
-REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 1000)
-REDIS_POOL_TIMEOUT_SECONDS = env_float("REDIS_POOL_TIMEOUT_SECONDS", 5.0)
-REDIS_BRPOP_TIMEOUT_SECONDS = env_float("REDIS_BRPOP_TIMEOUT_SECONDS", 5.0)
-if REDIS_SOCKET_TIMEOUT_SECONDS <= REDIS_BRPOP_TIMEOUT_SECONDS:
-    raise ImproperlyConfigured(
-        "REDIS_SOCKET_TIMEOUT_SECONDS must exceed REDIS_BRPOP_TIMEOUT_SECONDS, "
-        "or idle connections die with a Redis TimeoutError."
-    )
-
-
-def redis_hosts(redis_url: str) -> list[dict[str, object]]:
-    """Parse REDIS_URL into channels-redis ``hosts``.
-
-    - ``redis://host:6379/0`` (or ``rediss://``, ``unix://``): one server.
-    - Several URLs separated by commas: the layer shards groups and channels
-      across them (every process must list them in the same order).
-    - ``sentinel://[:password@]host:26379,host2:26379/<master>[/db]``: the
-      master that Redis Sentinel names, followed across failovers.
-    """
-    timeouts: dict[str, object] = {
-        "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
-        "socket_connect_timeout": REDIS_SOCKET_CONNECT_TIMEOUT_SECONDS,
-    }
-    redis_url = redis_url.strip()
-    if redis_url.startswith("sentinel://"):
-        auth, _, rest = redis_url.removeprefix("sentinel://").rpartition("@")
-        addresses, _, path = rest.partition("/")
-        master, _, db = path.partition("/")
-        if not master or not addresses or "?" in path or not (db or "0").isdigit():
-            raise ImproperlyConfigured(
-                "A sentinel REDIS_URL names the sentinels, the master and optionally the database, with no "
-                "query string: sentinel://[user:password@]host:26379,host2:26379/mymaster/0"
-            )
-        sentinels = []
-        for address in addresses.split(","):
-            host, _, port = address.rpartition(":") if ":" in address else (address, "", "26379")
-            sentinels.append((host, int(port or 26379)))
-        entry: dict[str, object] = {
-            "sentinels": sentinels,
-            "master_name": master,
-            "db": int(db or 0),
-            "sentinel_kwargs": dict(timeouts),
-            **timeouts,
-        }
-        username, _, password = (unquote(part) for part in auth.partition(":")) if auth else ("", "", "")
-        if username:
-            entry["username"] = username
-        if password:
-            entry["password"] = password
-        sentinel_password = os.environ.get("REDIS_SENTINEL_PASSWORD", "")
-        if sentinel_password:  # The sentinels' own, when they require one.
-            entry["sentinel_kwargs"] = {**timeouts, "password": sentinel_password}
-        return [entry]
-    urls = [url.strip() for url in redis_url.split(",") if url.strip()]
-    for url in urls:
-        if urlsplit(url).scheme not in {"redis", "rediss", "unix"}:
-            # (Not the URL itself: it may hold a password. A comma in a password must be written %2C.)
-            raise ImproperlyConfigured("REDIS_URL entries must be redis://, rediss:// or unix:// URLs")
-    return [{"address": url, **timeouts} for url in urls]
-
-
-def redis_channel_layers(*, redis_url: str, layer: str, prefix: str) -> dict[str, dict[str, object]]:
-    """Build CHANNEL_LAYERS for Redis; tests use it to point at their own servers."""
-    hosts = redis_hosts(redis_url)
-    if layer == "pubsub":
-        # No capacity or expiry here: pub/sub keeps no queues. A message for a
-        # connection that is not listening is gone, and the log fills the gap.
-        return {
-            "default": {
-                "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-                "CONFIG": {"hosts": hosts, "prefix": prefix},
-            }
-        }
-    if layer == "core":
-        for host in hosts:
-            host["max_connections"] = REDIS_MAX_CONNECTIONS
-            if "address" in host:
-                host["timeout"] = REDIS_POOL_TIMEOUT_SECONDS  # (the waiting pool; see notifications.layers)
-        return {
-            "default": {
-                "BACKEND": "notifications.layers.RedisCoreChannelLayer",
-                "CONFIG": {
-                    "hosts": hosts,
-                    "prefix": prefix,
-                    "brpop_timeout_seconds": REDIS_BRPOP_TIMEOUT_SECONDS,
-                    # Per channel: messages a slow connection may have queued, and how
-                    # long one waits, before the layer drops it (the log fills the gap).
-                    "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1000),
-                    "expiry": env_int("CHANNEL_LAYER_EXPIRY_SECONDS", 60),
-                    "group_expiry": env_int("CHANNEL_LAYER_GROUP_EXPIRY_SECONDS", 86400),
-                },
-            }
-        }
-    raise ImproperlyConfigured(f"CHANNEL_LAYER must be 'pubsub' or 'core', got {layer!r}")
-
+REDIS_OPTIONS = RedisOptions(
+    socket_timeout_seconds=env_float("REDIS_SOCKET_TIMEOUT_SECONDS", 15.0),
+    socket_connect_timeout_seconds=env_float("REDIS_SOCKET_CONNECT_TIMEOUT_SECONDS", 2.0),
+    max_connections=env_int("REDIS_MAX_CONNECTIONS", 1000),
+    pool_timeout_seconds=env_float("REDIS_POOL_TIMEOUT_SECONDS", 5.0),
+    brpop_timeout_seconds=env_float("REDIS_BRPOP_TIMEOUT_SECONDS", 5.0),
+    channel_capacity=env_int("CHANNEL_LAYER_CAPACITY", 1000),
+    channel_expiry_seconds=env_int("CHANNEL_LAYER_EXPIRY_SECONDS", 60),
+    group_expiry_seconds=env_int("CHANNEL_LAYER_GROUP_EXPIRY_SECONDS", 86400),
+    sentinel_password=env_str("REDIS_SENTINEL_PASSWORD", ""),
+)
 
 CHANNEL_LAYERS = (
     redis_channel_layers(
-        redis_url=REDIS_URL, layer=CHANNEL_LAYER, prefix=env_str("CHANNEL_LAYER_PREFIX", "agentevents")
+        redis_url=REDIS_URL,
+        layer=CHANNEL_LAYER,
+        prefix=env_str("CHANNEL_LAYER_PREFIX", "agentevents"),
+        options=REDIS_OPTIONS,
     )
     if REDIS_URL
     else {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
@@ -378,8 +299,8 @@ CACHES = {
             "LOCATION": CACHE_REDIS_URL,
             "KEY_PREFIX": env_str("CHANNEL_LAYER_PREFIX", "agentevents") + ":cache",
             "OPTIONS": {
-                "socket_timeout": REDIS_SOCKET_CONNECT_TIMEOUT_SECONDS,
-                "socket_connect_timeout": REDIS_SOCKET_CONNECT_TIMEOUT_SECONDS,
+                "socket_timeout": REDIS_OPTIONS.socket_connect_timeout_seconds,
+                "socket_connect_timeout": REDIS_OPTIONS.socket_connect_timeout_seconds,
             },
         }
         if CACHE_REDIS_URL
@@ -397,6 +318,22 @@ SIMPLE_JWT = {
 WS_HEARTBEAT_SECONDS = env_float("WS_HEARTBEAT_SECONDS", 25.0)
 if WS_HEARTBEAT_SECONDS <= 0:
     raise ImproperlyConfigured("WS_HEARTBEAT_SECONDS must be positive.")
+# The heartbeat interval is split into this many slots, each connection beating
+# in one: a process reads its users' streams once per slot (one query a second
+# at the default interval), and the beats of many sockets are spread out.
+WS_HEARTBEAT_SLOTS = env_int("WS_HEARTBEAT_SLOTS", 25)
+if WS_HEARTBEAT_SLOTS < 1:
+    raise ImproperlyConfigured("WS_HEARTBEAT_SLOTS must be at least 1.")
+# Admission: at most this many handshakes in progress per process (accept to
+# hello); beyond it a connect is closed with 4503 and told to retry after about
+# WS_CONNECT_RETRY_SECONDS (spread between half and one and a half of it).
+WS_CONNECT_MAX_PENDING = env_int("WS_CONNECT_MAX_PENDING", 1000)
+WS_CONNECT_RETRY_SECONDS = env_float("WS_CONNECT_RETRY_SECONDS", 2.0)
+# On SIGTERM each client is told to come back after a random delay spread over
+# (open sockets / WS_RECONNECT_RATE_PER_SECOND) seconds, at least one second and
+# at most WS_RECONNECT_SPREAD_MAX_SECONDS: the rate one server admits connects.
+WS_RECONNECT_RATE_PER_SECOND = env_float("WS_RECONNECT_RATE_PER_SECOND", 1000.0)
+WS_RECONNECT_SPREAD_MAX_SECONDS = env_float("WS_RECONNECT_SPREAD_MAX_SECONDS", 30.0)
 WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 64 * 1024)
 # An event's data, JSON-encoded, is refused above this; a frame the server
 # sends is at most this plus the envelope, well under WS_MAX_SERVER_FRAME_BYTES.
@@ -425,6 +362,12 @@ WS_ALLOWED_ORIGINS = env_list("WS_ALLOWED_ORIGINS", ALLOWED_HOSTS)
 # On SIGTERM the server closes WebSockets with 1001 and waits this long for
 # clients to answer before cancelling what is left.
 SHUTDOWN_CLOSE_GRACE_SECONDS = env_float("SHUTDOWN_CLOSE_GRACE_SECONDS", 2.0)
+# Connections the kernel queues for the server to accept (capped by net.core.somaxconn).
+SERVER_LISTEN_BACKLOG = env_int("SERVER_LISTEN_BACKLOG", 4096)
+# How often daphne's timeout checker runs (WebSocket pings, handshake timeouts), and
+# how often the server pings each WebSocket to find peers that vanished.
+SERVER_TIMEOUT_CHECK_SECONDS = env_float("SERVER_TIMEOUT_CHECK_SECONDS", 5.0)
+WS_PING_SECONDS = env_int("WS_PING_SECONDS", 60)
 
 # Agent runs.
 AGENT_RUN_TIMEOUT_SECONDS = env_float("AGENT_RUN_TIMEOUT_SECONDS", 60.0)

@@ -1,8 +1,9 @@
-"""The WebSocket consumer at /ws/notifications/: auth, protocol and timers.
+"""The WebSocket consumer at /ws/notifications/: admission, auth, protocol and limits.
 
-What is delivered, and in what order, is ``delivery.Delivery``'s job; this
-module authenticates, parses client messages, enforces limits, and runs the
-heartbeat that re-joins the group and catches up from the log.
+What is delivered, and in what order, is ``delivery.Delivery``'s job, and
+when each connection beats is ``heartbeat.Heartbeats``'; this module admits
+and authenticates connections, parses client messages, enforces limits,
+acts on each beat, and closes a connection when its token expires.
 """
 
 import asyncio
@@ -22,12 +23,26 @@ from channels.utils import await_many_dispatch
 from django.conf import settings
 from django.db import DatabaseError
 
-from .auth import JWT_SUBPROTOCOL, Identity, aidentity_from_token, token_from_subprotocols
+from .admission import admission, retry_after_seconds, retry_reason
+from .auth import (
+    JWT_SUBPROTOCOL,
+    Identity,
+    access_claims,
+    aidentity_from_token,
+    auser_id,
+    auser_state,
+    identity_from,
+    token_from_subprotocols,
+)
+from .batching import BatchedReader, batched_reader
 from .delivery import Delivery, ResumeRefused
 from .exceptions import AuthenticationFailed, ProtocolError
 from .frames import LayerEventMessage, encode, isoformat_utc
+from .heartbeat import Heartbeats, heartbeats
+from .layers import group_add_many, new_group_channel
 from .protocol import BASE_PARSERS, Ack, Auth, ClientMessage, Parser, Ping, Resume, client_message_parse
 from .ratelimit import TokenBucket
+from .selectors import UserState
 from .services import stream_ack, user_group_name
 
 logger = logging.getLogger(__name__)
@@ -43,7 +58,7 @@ STOP_TIMEOUT_SECONDS = 5.0
 LAYER_RETRY_FIRST_SECONDS = 0.1
 LAYER_RETRY_MAX_SECONDS = 5.0
 
-astream_ack = database_sync_to_async(stream_ack)
+astream_ack = database_sync_to_async(stream_ack, thread_sensitive=False)
 
 
 class NotificationConsumer(AsyncWebsocketConsumer):
@@ -63,7 +78,9 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         self.acked_seq = 0
         self.closing = False
         self.strikes = 0
-        self.timer_task: asyncio.Task[None] | None = None
+        self.beating: Heartbeats | None = None
+        self.expiry: asyncio.TimerHandle | None = None
+        self.expiry_task: asyncio.Task[None] | None = None
         self.bucket = TokenBucket(
             rate_per_second=settings.WS_RATE_LIMIT_MESSAGES / settings.WS_RATE_LIMIT_PER_SECONDS,
             burst=settings.WS_RATE_LIMIT_BURST,
@@ -76,7 +93,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         and a failing layer read end the connection with 1011. Here the
         client is told to come back later (4503), a failed read is retried
         with backoff while the heartbeat keeps delivering from the log, and
-        the timer task is always stopped on the way out.
+        the connection always leaves the heartbeat on the way out.
         """
         self.scope = scope
         self.base_send = send
@@ -84,7 +101,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         try:
             try:
                 self.channel_name = await asyncio.wait_for(
-                    self.channel_layer.new_channel(), timeout=LAYER_TIMEOUT_SECONDS
+                    new_group_channel(self.channel_layer), timeout=LAYER_TIMEOUT_SECONDS
                 )
             except Exception as exc:  # Any layer backend error.
                 logger.warning("Channel layer unavailable, refusing a WebSocket: %s", exc)
@@ -95,7 +112,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
             except StopConsumer:
                 pass
         finally:
-            await self._timers_stop()
+            await self._beating_stop()
 
     async def _layer_receive(self) -> dict[str, Any]:
         delay = LAYER_RETRY_FIRST_SECONDS
@@ -126,44 +143,70 @@ class NotificationConsumer(AsyncWebsocketConsumer):
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         subprotocols: list[str] = list(self.scope.get("subprotocols") or [])
         await self.accept(JWT_SUBPROTOCOL if JWT_SUBPROTOCOL in subprotocols else None)
+        if not admission.enter():
+            logger.info("WebSocket refused: %d handshakes already in progress", admission.pending)
+            await self._close(CLOSE_UNAVAILABLE, retry_after=retry_after_seconds())
+            return
+        try:
+            await self._open(subprotocols)
+        finally:
+            admission.leave()
+
+    async def _open(self, subprotocols: list[str]) -> None:
+        """Check the token, join the user's group, read the user and its stream, say hello, start beating."""
         token = token_from_subprotocols(subprotocols)
         if token is None:
             logger.info("WebSocket refused: no token offered with the jwt subprotocol")
             await self._close(CLOSE_UNAUTHORIZED)
             return
         try:
-            identity = await aidentity_from_token(token)
+            claims = access_claims(token)
+            user_id = await auser_id(claims)
+            if user_id is None:
+                raise AuthenticationFailed("The token's user does not exist or is inactive.")
         except AuthenticationFailed as exc:
             logger.info("WebSocket refused: %s", exc)
             await self._close(CLOSE_UNAUTHORIZED)
             return
         except DatabaseError as exc:
-            logger.warning("WebSocket refused, database unavailable: %s", exc)
-            await self._close(CLOSE_UNAVAILABLE)
+            await self._refuse_database_down(exc)
             return
-        self.identity = identity
-        self.group = user_group_name(identity.user_id)
-        self.delivery = Delivery(user_id=identity.user_id, send_text=self._send_text)
+        self.group = user_group_name(user_id)
         # Join before reading last_seq: an event committed after the read then
         # arrives through the group, and one committed before it is <= last_seq.
         if not await self._group_join():
-            await self._close(CLOSE_UNAVAILABLE)
+            await self._close(CLOSE_UNAVAILABLE, retry_after=retry_after_seconds())
             return
         try:
-            last_seq = await self.delivery.start()
-        except DatabaseError as exc:
-            logger.warning("WebSocket refused, database unavailable: %s", exc)
-            await self._close(CLOSE_UNAVAILABLE)
+            state = await auser_state(user_id)
+            identity = identity_from(claims, state)
+        except AuthenticationFailed as exc:
+            logger.info("WebSocket refused: %s", exc)
+            await self._close(CLOSE_UNAUTHORIZED)
             return
+        except DatabaseError as exc:
+            await self._refuse_database_down(exc)
+            return
+        assert state is not None
+        self.identity = identity
+        self.delivery = Delivery(user_id=identity.user_id, send_text=self._send_text, sent_seq=state.last_seq)
         await self._send(
             {
                 "type": "hello",
                 "user": {"id": identity.user_id, "username": identity.username},
-                "last_seq": last_seq,
+                "last_seq": state.last_seq,
                 "heartbeat_seconds": _number(settings.WS_HEARTBEAT_SECONDS),
             }
         )
-        self.timer_task = asyncio.create_task(self._timers(), name=f"ws-timers-user-{identity.user_id}")
+        if self.closing:
+            return
+        self._expiry_schedule()
+        self.beating = heartbeats(self.channel_layer)
+        self.beating.add(self)
+
+    async def _refuse_database_down(self, exc: DatabaseError) -> None:
+        logger.warning("WebSocket refused, database unavailable: %s", exc)
+        await self._close(CLOSE_UNAVAILABLE, retry_after=retry_after_seconds())
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         self.closing = True
@@ -254,6 +297,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         self.identity = dataclasses.replace(
             self.identity, expires_at=max(identity.expires_at, self.identity.expires_at)
         )
+        self._expiry_schedule()
         await self._send({"type": "auth.ok", "expires_at": _unix_to_iso(self.identity.expires_at)})
 
     # Live events.
@@ -275,66 +319,79 @@ class NotificationConsumer(AsyncWebsocketConsumer):
 
     # Heartbeat and token expiry.
 
-    async def _timers(self) -> None:
-        """Beat every heartbeat interval; close with 4401 when the token expires."""
+    @property
+    def user_id(self) -> int:
         assert self.identity is not None
-        loop = asyncio.get_running_loop()
-        heartbeat: float = settings.WS_HEARTBEAT_SECONDS
-        next_beat = loop.time() + heartbeat
-        while not self.closing:
-            token_left = self.identity.expires_at - time.time()
-            if token_left <= 0:
-                await self._expire()
-                return
-            delay = min(next_beat - loop.time(), token_left)
-            if delay > 0:
-                await asyncio.sleep(delay)
-                continue
-            try:
-                await self._heartbeat()
-            except Exception:  # Keep beating and watching the token whatever one beat hit.
-                logger.exception("Heartbeat failed for user %s", self.identity.user_id)
-            next_beat = loop.time() + heartbeat
+        return self.identity.user_id
 
-    async def _heartbeat(self) -> None:
-        """Catch up from the log, send the heartbeat, then re-join the group.
+    async def beat(self, state: UserState | None, *, rejoin: bool) -> None:
+        """One heartbeat, with the user's state read just now for every connection of this tick.
 
-        The log comes first so that a hung Redis cannot delay it; membership
-        can vanish with a Redis restart, so it is renewed every beat.
+        A deleted or deactivated user's connection closes (4401). One that
+        is behind the stream reads the log (only those do); then the
+        ``heartbeat`` frame, then the group join if the layer needs it. The
+        log comes first so that a hung Redis cannot delay it.
         """
-        assert self.delivery is not None
+        if self.closing or self.delivery is None:
+            return
+        if state is None or not state.active:
+            logger.info("Closing connection of user %s: the user is deleted or inactive", self.delivery.user_id)
+            await self._close(CLOSE_UNAUTHORIZED)
+            return
         try:
-            last_seq = await self.delivery.catch_up()
+            if state.last_seq > self.delivery.sent_seq:
+                await self.delivery.catch_up()
         except DatabaseError as exc:
             logger.warning("Heartbeat could not read the log, retrying next beat: %s", exc)
         else:
-            await self._send({"type": "heartbeat", "last_seq": last_seq})
-        await self._group_join()
+            await self._send({"type": "heartbeat", "last_seq": self.delivery.sent_seq})
+        if rejoin and await self._group_join() and self.beating is not None:
+            self.beating.joined(self)
+
+    def _expiry_schedule(self) -> None:
+        """Close with 4401 when the token expires (again after an ``auth`` extended it)."""
+        assert self.identity is not None
+        if self.expiry is not None:
+            self.expiry.cancel()
+        loop = asyncio.get_running_loop()
+        self.expiry = loop.call_at(loop.time() + (self.identity.expires_at - time.time()), self._expiry_due)
+
+    def _expiry_due(self) -> None:
+        self.expiry = None
+        if not self.closing and self.expiry_task is None:
+            self.expiry_task = asyncio.get_running_loop().create_task(self._expire(), name="ws-token-expiry")
 
     async def _expire(self) -> None:
         assert self.identity is not None
         logger.info("Closing connection of user %s: access token expired", self.identity.user_id)
         await self._close(CLOSE_UNAUTHORIZED)
 
-    async def _timers_stop(self) -> None:
-        task, self.timer_task = self.timer_task, None
-        if task is None:
+    async def _beating_stop(self) -> None:
+        """Leave the heartbeat and drop the expiry timer; wait (bounded) for an expiry close under way."""
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+        if self.beating is not None:
+            beating, self.beating = self.beating, None
+            await beating.discard(self)
+        task, self.expiry_task = self.expiry_task, None
+        if task is None or task is asyncio.current_task():
             return
         task.cancel()
         done, _ = await asyncio.wait([task], timeout=STOP_TIMEOUT_SECONDS)
         if not done:
-            logger.error("Connection timer task did not stop within %ss", STOP_TIMEOUT_SECONDS)
+            logger.error("Connection expiry task did not stop within %ss", STOP_TIMEOUT_SECONDS)
         elif not task.cancelled() and task.exception() is not None:
-            logger.error("Connection timer task failed", exc_info=task.exception())
+            logger.error("Connection expiry task failed", exc_info=task.exception())
 
     # Helpers.
 
     async def _group_join(self) -> bool:
-        """(Re-)join the user's group."""
+        """(Re-)join the user's group, with every other connection of this process joining at the same time."""
         assert self.group is not None
         try:
             await asyncio.wait_for(
-                self.channel_layer.group_add(self.group, self.channel_name), timeout=LAYER_TIMEOUT_SECONDS
+                group_joins(self.channel_layer).get((self.group, self.channel_name)), timeout=LAYER_TIMEOUT_SECONDS
             )
         except Exception as exc:  # Any layer backend error; the log still delivers.
             logger.warning("Could not join group %s: %s", self.group, exc)
@@ -351,13 +408,14 @@ class NotificationConsumer(AsyncWebsocketConsumer):
             return
         subprotocols = self.scope.get("subprotocols") or []
         await self.accept(JWT_SUBPROTOCOL if JWT_SUBPROTOCOL in subprotocols else None)
-        await self._close(CLOSE_UNAVAILABLE)
+        await self._close(CLOSE_UNAVAILABLE, retry_after=retry_after_seconds())
 
-    async def _close(self, code: int) -> None:
+    async def _close(self, code: int, *, retry_after: float | None = None) -> None:
+        """Close once; ``retry_after`` tells the client when to come back (the close reason)."""
         if self.closing:
             return
         self.closing = True
-        await self.close(code)
+        await self.close(code, reason=None if retry_after is None else retry_reason(retry_after))
 
     async def _send(self, frame: dict[str, Any]) -> None:
         await self._send_text(encode(frame))
@@ -393,6 +451,16 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         "websocket.disconnect": websocket_disconnect,
         "notification.event": notification_event,
     }
+
+
+def group_joins(layer: Any) -> BatchedReader[tuple[str, str], bool]:
+    """The running loop's batched group joins on ``layer`` (one ``SUBSCRIBE`` per shard for a burst)."""
+
+    async def join(pairs: list[tuple[str, str]]) -> dict[tuple[str, str], bool]:
+        await group_add_many(layer, pairs)
+        return dict.fromkeys(pairs, True)
+
+    return batched_reader(f"group-joins-{id(layer)}", join)
 
 
 def _unix_to_iso(timestamp: float) -> str:

@@ -17,13 +17,14 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from .frames import event_frame_text
-from .selectors import events_after, stream_last_seq, stream_positions
+from .selectors import events_after, stream_positions
 
 logger = logging.getLogger(__name__)
 
-aevents_after = database_sync_to_async(events_after)
-astream_last_seq = database_sync_to_async(stream_last_seq)
-astream_positions = database_sync_to_async(stream_positions)
+# In the thread pool, not on Django's one thread-sensitive thread: the replays
+# of a reconnect storm then wait on the database side by side, not in a queue.
+aevents_after = database_sync_to_async(events_after, thread_sensitive=False)
+astream_positions = database_sync_to_async(stream_positions, thread_sensitive=False)
 
 SendText = Callable[[str], Awaitable[bool]]
 
@@ -49,16 +50,12 @@ class Delivery:
     through ``lock``, so live events, catch-up and resume never interleave.
     """
 
-    def __init__(self, *, user_id: int, send_text: SendText) -> None:
+    def __init__(self, *, user_id: int, send_text: SendText, sent_seq: int) -> None:
+        """Start after ``sent_seq``: the user's newest seq when the connection opened."""
         self.user_id = user_id
         self.send_text = send_text
-        self.sent_seq = 0
+        self.sent_seq = sent_seq
         self.lock = asyncio.Lock()
-
-    async def start(self) -> int:
-        """Start from the user's newest event; return its seq (0 if none)."""
-        self.sent_seq = await astream_last_seq(user_id=self.user_id)
-        return self.sent_seq
 
     async def live(self, *, seq: int, frame: str) -> None:
         """Deliver a live event, filling any gap before it from the log."""

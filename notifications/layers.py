@@ -1,6 +1,7 @@
-"""Channel layers configured to survive idle periods and connect bursts, and a batched publish."""
+"""Channel layers configured to survive idle periods and connect bursts, and batched publishes and joins."""
 
 import asyncio
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -61,3 +62,57 @@ async def _publish_pipelined(shard: Any, items: list[tuple[str, bytes]]) -> None
         for channel, data in items:
             pipeline.publish(channel, data)
         await pipeline.execute()
+
+
+async def group_add_many(layer: Any, pairs: Sequence[tuple[str, str]]) -> None:
+    """Add each (group, channel) pair; on the pub/sub layer, one ``SUBSCRIBE`` per Redis shard for all.
+
+    channels-redis' pub/sub ``group_add`` subscribes one group at a time, a
+    round trip and a write each; a burst of connects then spends much of its
+    time writing them. This does what ``group_add`` does for each pair (the
+    layer's group map, then the shard's subscriptions under its lock), with
+    every new group of a shard in one command. Other layers get ``group_add``
+    for each pair, all at once.
+    """
+    if not isinstance(layer, RedisPubSubChannelLayer):
+        await asyncio.gather(*(layer.group_add(group, channel) for group, channel in pairs))
+        return
+    loop_layer = layer._get_layer()
+    by_shard: dict[Any, list[str]] = {}
+    for group, channel in pairs:
+        if channel not in loop_layer.channels:
+            raise RuntimeError(f"Channel {channel!r} does not exist in this process; it cannot join {group!r}.")
+        group_channel = loop_layer._get_group_channel_name(group)
+        loop_layer.groups.setdefault(group_channel, set()).add(channel)
+        by_shard.setdefault(loop_layer._get_shard(group_channel), []).append(group_channel)
+    await asyncio.gather(*(_subscribe_many(shard, names) for shard, names in by_shard.items()))
+
+
+async def _subscribe_many(shard: Any, names: list[str]) -> None:
+    async with shard._lock:  # As the shard's own subscribe does.
+        new = [name for name in dict.fromkeys(names) if name not in shard._subscribed_to]
+        if not new:
+            return
+        shard._ensure_redis()
+        shard._ensure_receiver()
+        await shard._pubsub.subscribe(*new)
+        shard._subscribed_to.update(new)
+
+
+async def new_group_channel(layer: Any) -> str:
+    """A channel for this process's consumer that only ever receives through its groups.
+
+    channels-redis' pub/sub ``new_channel`` subscribes to the new channel in
+    Redis (a write and a round trip per connect, and a subscription per
+    socket) so that ``layer.send(channel, ...)`` can reach it. Nothing in this
+    service sends to one connection's channel; its consumers hear only their
+    user's group. Here the pub/sub layer gets the channel's queue and no
+    subscription; other layers get their own ``new_channel``.
+    """
+    if not isinstance(layer, RedisPubSubChannelLayer):
+        name: str = await layer.new_channel()
+        return name
+    loop_layer = layer._get_layer()
+    name = f"{loop_layer.prefix}specific.{uuid.uuid4().hex}"
+    loop_layer.channels[name] = asyncio.Queue()
+    return name

@@ -13,8 +13,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn, Protocol
 
+import channels.layers
 import psycopg
 import pytest
 from asgiref.sync import sync_to_async
@@ -26,7 +27,7 @@ from django.test import Client
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
-from config.settings import redis_channel_layers
+from config.redis_urls import redis_channel_layers
 from tests.servers import ROOT, DaphneServer, PostgresCluster, RedisServer, database_url, postgres_bindir
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -129,13 +130,55 @@ def redis_url(request: pytest.FixtureRequest) -> str:
     return start().url
 
 
+# Channel layers.
+
+LayerKind = Literal["memory", "pubsub", "core"]
+LAYER_FLUSH_TIMEOUT_SECONDS = 5.0
+
+
+class ChannelLayers(Protocol):
+    def __call__(self, kind: LayerKind, *, redis_url: str = "", prefix: str = SESSION_PREFIX) -> Any: ...
+
+
 @pytest.fixture
-async def redis_layer(redis_url: str, settings: Any) -> AsyncIterator[Any]:
-    """Point this process's channel layer at the suite's Redis; close it on this test's loop."""
-    settings.CHANNEL_LAYERS = redis_channel_layers(redis_url=redis_url, layer="pubsub", prefix=SESSION_PREFIX)
-    layer = get_channel_layer()
-    yield layer
-    await layer.flush()
+async def channel_layers(settings: Any) -> AsyncIterator[ChannelLayers]:
+    """Give this process a channel layer of one kind, through ``settings``; each call returns the layer.
+
+    ``channel_layers("memory")``, or ``channel_layers("pubsub" | "core", redis_url=..., prefix=...)``;
+    a later call replaces the layer. channels keeps built layers in
+    ``channels.layers.channel_layers.backends``: that cache is emptied first, so
+    nothing built on an earlier test's loop is handed out, and every layer built
+    here is flushed on this test's loop afterwards (the in-memory layer forgets
+    its groups, the pub/sub layer closes its connections, the core layer deletes
+    its prefix's keys and closes its pools) before the cache is emptied again.
+    """
+    channels.layers.channel_layers.backends.clear()
+    built: list[Any] = []
+
+    def use(kind: LayerKind, *, redis_url: str = "", prefix: str = SESSION_PREFIX) -> Any:
+        if (kind == "memory") == bool(redis_url):
+            raise ValueError("The Redis layers need a redis_url, and the in-memory layer takes none.")
+        if kind == "memory":
+            settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+        else:
+            settings.CHANNEL_LAYERS = redis_channel_layers(
+                redis_url=redis_url, layer=kind, prefix=prefix, options=django_settings.REDIS_OPTIONS
+            )
+        layer = get_channel_layer()
+        built.append(layer)
+        return layer
+
+    yield use
+    for layer in reversed(built):
+        async with asyncio.timeout(LAYER_FLUSH_TIMEOUT_SECONDS):
+            await layer.flush()
+    channels.layers.channel_layers.backends.clear()
+
+
+@pytest.fixture
+def redis_layer(redis_url: str, channel_layers: ChannelLayers) -> Any:
+    """This process's channel layer on the suite's Redis: the pub/sub layer, as servers use by default."""
+    return channel_layers("pubsub", redis_url=redis_url)
 
 
 # Real servers.

@@ -1,8 +1,14 @@
-"""config.postgresql: the process-wide view of a database outage (the outage itself: tests/test_outages.py)."""
+"""config.postgresql: the process-wide view of a database outage (the outage itself: tests/test_outages.py),
+and the pool's check before a loan."""
 
+from typing import Any
+
+import psycopg
 import pytest
 
 from config.postgresql.base import DatabaseUnavailable, Outage
+from config.postgresql.pool import check_unless_just_lent
+from tests.conftest import SCRATCH_PG_URL
 
 
 class Clock:
@@ -58,3 +64,16 @@ def test_the_outage_is_logged_once_when_it_starts_and_once_when_it_ends(
         "The database is unreachable (refused); failing fast until a probe gets through",
         "The database is reachable again after 3.0 s",
     ]
+
+
+def test_a_connection_lent_moments_ago_is_not_checked_and_an_idle_one_is(settings: Any, clock: Clock) -> None:
+    settings.DB_POOL_CHECK_IDLE_SECONDS = 1.0
+    with psycopg.connect(SCRATCH_PG_URL, autocommit=True) as connection:
+        check_unless_just_lent(connection)  # first loan: checked, and it answers
+        with psycopg.connect(SCRATCH_PG_URL, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [connection.info.backend_pid])
+        clock.now += 0.5
+        check_unless_just_lent(connection)  # lent half a second ago: no round trip, so nothing noticed
+        clock.now += 1.5
+        with pytest.raises(psycopg.OperationalError):
+            check_unless_just_lent(connection)  # idle for longer: checked, and found dead

@@ -61,21 +61,3 @@ def test_env_helpers_reject_garbage(monkeypatch: pytest.MonkeyPatch) -> None:
         project_settings.env_int("X_INT", 1)
     monkeypatch.setenv("X_LIST", "a, b,,c")
     assert project_settings.env_list("X_LIST", []) == ["a", "b", "c"]
-
-
-def test_redis_url_forms() -> None:
-    from config.settings import redis_hosts
-
-    [one] = redis_hosts("redis://r:6379/2")
-    assert one["address"] == "redis://r:6379/2"
-    shards = redis_hosts("redis://a:6379/0, rediss://b:6380/0")
-    assert [host["address"] for host in shards] == ["redis://a:6379/0", "rediss://b:6380/0"]
-    [sentinel] = redis_hosts("sentinel://:p%40ss@s1:26379,s2/mymaster/3")
-    assert sentinel["sentinels"] == [("s1", 26379), ("s2", 26379)]
-    assert (sentinel["master_name"], sentinel["db"], sentinel["password"]) == ("mymaster", 3, "p@ss")
-    [with_user] = redis_hosts(" sentinel://app:secret@s1:26380/m ")
-    assert (with_user["username"], with_user["password"], with_user["db"]) == ("app", "secret", 0)
-    assert with_user["sentinels"] == [("s1", 26380)]
-    for bad in ("http://r:6379/0", "sentinel://s1:26379", "sentinel:///mymaster", "sentinel://s1/m/0?ssl=true"):
-        with pytest.raises(ImproperlyConfigured):
-            redis_hosts(bad)

@@ -117,13 +117,18 @@ class Client:
 
     async def closed(self, *, timeout: float = RECV_TIMEOUT_SECONDS) -> int | None:
         """Wait for the server to close; return the close code it sent, failing on any frame."""
+        code, _ = await self.close_frame(timeout=timeout)
+        return code
+
+    async def close_frame(self, *, timeout: float = RECV_TIMEOUT_SECONDS) -> tuple[int | None, str]:
+        """Wait for the server to close, failing on any frame but a heartbeat; return its code and reason."""
         async with asyncio.timeout(timeout):
             try:
                 while True:
                     frame = json.loads(await self.ws.recv())
                     assert frame["type"] == "heartbeat", f"expected a close, got {frame}"
             except ConnectionClosed as exc:
-                return exc.rcvd.code if exc.rcvd is not None else None
+                return (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd is not None else (None, "")
 
     async def first_close_code(self, *, timeout: float = RECV_TIMEOUT_SECONDS) -> int | None:
         """Expect a close before any frame at all; return its code."""

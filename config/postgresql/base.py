@@ -18,6 +18,9 @@ from typing import Any
 import psycopg
 from django.conf import settings
 from django.db.backends.postgresql import base
+from psycopg_pool import ConnectionPool
+
+from .pool import check_unless_just_lent
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +82,15 @@ outage = Outage()
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
+    @property
+    def pool(self) -> Any:
+        """Django's pool, checking a connection before a loan only if it sat idle (``pool.py``)."""
+        pool = super().pool
+        # Django gives psycopg_pool its stock check for CONN_HEALTH_CHECKS; this is that check, made cheap.
+        if pool is not None and pool._check is ConnectionPool.check_connection:
+            pool._check = check_unless_just_lent
+        return pool
+
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         probe_seconds: float = settings.DB_OUTAGE_PROBE_SECONDS
         probing = outage.admit(probe_seconds=probe_seconds)

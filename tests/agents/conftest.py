@@ -17,6 +17,7 @@ from agents.registry import agent, tool
 from agents.runner import RunContext
 from agents.supervisor import supervisor
 from notifications.models import Event
+from tests.conftest import ChannelLayers
 from tests.hostile import big_strings, deep_values, field_values, hostile_text, mostly, python_values, weighted
 
 NEVER = asyncio.Event  # Each use creates an event nobody sets.
@@ -87,9 +88,9 @@ async def agent_error(ctx: RunContext, input: dict[str, Any]) -> None:
 
 
 @pytest.fixture(autouse=True)
-async def runs_cleaned_up(settings: Any) -> AsyncIterator[None]:
+async def runs_cleaned_up(settings: Any, channel_layers: ChannelLayers) -> AsyncIterator[None]:
     """Use the in-memory layer; shut the supervisor down after the test, leaving no run behind."""
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    channel_layers("memory")
     settings.AGENT_CANCEL_POLL_SECONDS = 0.05
     supervisor.open()
     yield

@@ -25,9 +25,17 @@ window.FakeSocket = class FakeSocket {
   send(text) { this.sent.push(JSON.parse(text)); }
   close() { this.readyState = 3; }
   frame(object) { this.onmessage({ data: JSON.stringify(object) }); }
-  shut(code) { this.readyState = 3; this.onclose({ code }); }
+  shut(code, reason = "") { this.readyState = 3; this.onclose({ code, reason }); }
 };
 window.WebSocket = window.FakeSocket;
+// Every timer's delay, by its id: which delay the client chose for what.
+window.timerDelays = new Map();
+const realSetTimeout = window.setTimeout;
+window.setTimeout = (fn, ms, ...args) => {
+  const id = realSetTimeout(fn, ms, ...args);
+  window.timerDelays.set(id, ms);
+  return id;
+};
 window.tick = (ms = 0) => new Promise((resolve) => setTimeout(resolve, ms));
 window.ev = (seq) => ({ type: "event", seq, event: "agent_thinking", run_id: "r", agent: "a", data: {} });
 window.hello = (lastSeq) => ({
@@ -194,3 +202,32 @@ def test_a_truncated_replay_is_passed_on_and_reported_as_a_gap(page: Page) -> No
         """,
     )
     assert result == {"seen": [31, 40], "gaps": [True]}
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "delay_ms"),
+    [
+        pytest.param(1001, '{"retry_after":0.3}', 300, id="stopping-server"),
+        pytest.param(4503, '{"retry_after":2.5}', 2500, id="busy-server"),
+        pytest.param(1001, '{"retry_after":1e6}', 30000, id="capped-at-the-longest-backoff"),
+        # No usable delay: the client's own backoff (random() = 0.5 of the first 500 ms ceiling).
+        pytest.param(1001, "", 250, id="no-reason"),
+        pytest.param(1001, "going away", 250, id="not-json"),
+        pytest.param(4503, '{"retry_after":-1}', 250, id="negative"),
+        pytest.param(4503, '{"retry_after":"5"}', 250, id="not-a-number"),
+    ],
+)
+def test_the_client_reconnects_after_the_delay_the_server_gives(
+    page: Page, code: int, reason: str, delay_ms: int
+) -> None:
+    result = play(
+        page,
+        f"""
+        const client = make({{ random: () => 0.5 }});
+        client.start(); await tick();
+        FakeSocket.instances[0].frame(hello(0));
+        FakeSocket.instances[0].shut({code}, {reason!r});
+        return {{ delay: timerDelays.get(client.timers.reconnect), sockets: FakeSocket.instances.length }};
+        """,
+    )
+    assert result == {"delay": delay_ms, "sockets": 1}

@@ -3,24 +3,17 @@
 from typing import Any
 
 import pytest
-from channels.layers import get_channel_layer
 
-from config.settings import redis_channel_layers
 from notifications.services import user_group_name
-from tests.conftest import SESSION_PREFIX
+from tests.conftest import ChannelLayers
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def layer(request: pytest.FixtureRequest, settings: Any) -> Any:
+def layer(request: pytest.FixtureRequest, channel_layers: ChannelLayers) -> Any:
     """Each test runs against both layers: the behaviour must not differ."""
     if request.param == "memory":
-        settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    else:
-        redis_url = request.getfixturevalue("redis_url")
-        settings.CHANNEL_LAYERS = redis_channel_layers(redis_url=redis_url, layer="pubsub", prefix=SESSION_PREFIX)
-    layer = get_channel_layer()
-    yield layer
-    await layer.flush()
+        return channel_layers("memory")
+    return channel_layers("pubsub", redis_url=request.getfixturevalue("redis_url"))
 
 
 async def member_of(layer: Any, user_id: int) -> str:

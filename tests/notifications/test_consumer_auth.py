@@ -1,6 +1,8 @@
 """Connecting and authenticating over a real daphne (docs/protocol.md, "Connecting")."""
 
+import asyncio
 import time
+import uuid
 from typing import Any
 
 import jwt
@@ -9,6 +11,7 @@ from asgiref.sync import sync_to_async
 from rest_framework_simplejwt.tokens import AccessToken
 from websockets.exceptions import InvalidStatus
 
+from notifications.services import aevent_record
 from tests.servers import DaphneServer
 from tests.wsclient import REFUSED_TOKENS, access_token, expired_token, retyped_token, ws_connect
 
@@ -214,3 +217,34 @@ async def test_tokens_never_appear_in_the_server_log(daphne_factory: Any, redis_
     for token in (good, other, expired):
         for part in token.split("."):  # ...and holds no token, nor any part of one.
             assert part not in log
+
+
+@pytest.mark.parametrize("gone", USER_GONE)
+async def test_an_open_connection_of_a_user_deactivated_or_deleted_closes_4401_at_its_next_heartbeat(
+    daphne_beating: DaphneServer, alice: Any, bob: Any, gone: Any
+) -> None:
+    async with (
+        ws_connect(daphne_beating.ws_url, access_token(alice)) as leaving,
+        ws_connect(daphne_beating.ws_url, access_token(bob)) as staying,
+    ):
+        await sync_to_async(gone)(alice)
+        assert await leaving.closed() == 4401
+        await staying.expect("heartbeat")  # Bob's connection beats on.
+
+
+async def test_connects_at_once_each_get_their_own_user_and_newest_seq(daphne: DaphneServer, make_user: Any) -> None:
+    """Connects at the same moment share one read of users and stream heads: none may get another's."""
+    users = [await sync_to_async(make_user)() for _ in range(12)]
+    for count, user in enumerate(users):
+        for step in range(count):
+            await aevent_record(
+                user_id=user.pk, event="agent_thinking", run_id=uuid.uuid4(), agent="demo", data={"step": step}
+            )
+    contexts = [ws_connect(daphne.ws_url, access_token(user), hello=False) for user in users * 3]
+    clients = await asyncio.gather(*(context.__aenter__() for context in contexts))
+    try:
+        hellos = await asyncio.gather(*(client.expect("hello") for client in clients))
+    finally:
+        await asyncio.gather(*(context.__aexit__(None, None, None) for context in contexts))
+    expected = [(user.pk, user.username, count) for count, user in enumerate(users)] * 3
+    assert [(h["user"]["id"], h["user"]["username"], h["last_seq"]) for h in hellos] == expected

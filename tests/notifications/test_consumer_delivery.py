@@ -6,11 +6,10 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
 
-from config.settings import redis_channel_layers
 from notifications.models import Event, Stream
 from notifications.services import aevent_record
+from tests.conftest import ChannelLayers
 from tests.servers import DaphneServer, free_port
 from tests.wsclient import Client, access_token, ws_connect
 
@@ -199,17 +198,14 @@ async def test_heartbeat_reports_the_last_seq_sent(daphne_beating: DaphneServer,
 
 
 async def test_event_whose_publish_failed_arrives_with_the_next_heartbeat(
-    daphne_beating: DaphneServer, alice: Any, settings: Any
+    daphne_beating: DaphneServer, alice: Any, channel_layers: ChannelLayers
 ) -> None:
     async with ws_connect(daphne_beating.ws_url, access_token(alice)) as client:
         await emit(alice.pk, 1)
         # This process publishes into a Redis nobody listens on: the layer
         # message is lost, as on a Redis outage, and only the log has it.
-        settings.CHANNEL_LAYERS = redis_channel_layers(
-            redis_url=f"redis://127.0.0.1:{free_port()}/0", layer="pubsub", prefix="nowhere"
-        )
+        channel_layers("pubsub", redis_url=f"redis://127.0.0.1:{free_port()}/0", prefix="nowhere")
         await emit(alice.pk, 2)
-        await get_channel_layer().flush()
         assert await Event.objects.filter(published_at__isnull=True).acount() == 2
         events = await client.events(3)
         assert_in_order(events, 1, 3)

@@ -1,6 +1,7 @@
 """Faults end to end: Redis dying under a live client, server shutdown, idle and bursty connections."""
 
 import asyncio
+import json
 import signal
 import uuid
 from collections.abc import Callable
@@ -8,12 +9,10 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
 
-from config.settings import redis_channel_layers
 from notifications.models import Event
 from notifications.services import aevent_record
-from tests.conftest import SESSION_PREFIX
+from tests.conftest import ChannelLayers
 from tests.servers import DaphneServer, RedisServer
 from tests.wsclient import access_token, ws_connect
 
@@ -30,7 +29,7 @@ async def emit(user_id: int, count: int) -> None:
 async def test_redis_restart_under_a_live_client_loses_nothing(
     redis_server_factory: Callable[[], RedisServer],
     daphne_factory: Callable[..., DaphneServer],
-    settings: Any,
+    channel_layers: ChannelLayers,
     alice: Any,
     layer: str,
 ) -> None:
@@ -38,29 +37,25 @@ async def test_redis_restart_under_a_live_client_loses_nothing(
     server = daphne_factory(
         redis_url=redis.url, CHANNEL_LAYER=layer, WS_HEARTBEAT_SECONDS="0.2", REDIS_BRPOP_TIMEOUT_SECONDS="0.5"
     )
-    settings.CHANNEL_LAYERS = redis_channel_layers(redis_url=redis.url, layer="pubsub", prefix=SESSION_PREFIX)
-    publisher = get_channel_layer()
-    try:
-        async with ws_connect(server.ws_url, access_token(alice)) as client:
-            await emit(alice.pk, 5)
-            seen = await client.events(5)
+    channel_layers("pubsub", redis_url=redis.url)
+    async with ws_connect(server.ws_url, access_token(alice)) as client:
+        await emit(alice.pk, 5)
+        seen = await client.events(5)
 
-            await sync_to_async(redis.stop)()
-            await emit(alice.pk, 5)  # Publishing fails: these stay pending in the log.
-            pending = await sync_to_async(
-                lambda: list(Event.objects.filter(published_at__isnull=True).values_list("seq", flat=True))
-            )()
-            assert sorted(pending) == [6, 7, 8, 9, 10]
-            # The heartbeat reads them from the log even while Redis is down.
-            seen += await client.events(5)
+        await sync_to_async(redis.stop)()
+        await emit(alice.pk, 5)  # Publishing fails: these stay pending in the log.
+        pending = await sync_to_async(
+            lambda: list(Event.objects.filter(published_at__isnull=True).values_list("seq", flat=True))
+        )()
+        assert sorted(pending) == [6, 7, 8, 9, 10]
+        # The heartbeat reads them from the log even while Redis is down.
+        seen += await client.events(5)
 
-            await sync_to_async(redis.start)()
-            await emit(alice.pk, 5)
-            seen += await client.events(5, timeout=15)
-            assert [event["seq"] for event in seen] == list(range(1, 16))
-            assert await client.quiet() == []
-    finally:
-        await publisher.flush()
+        await sync_to_async(redis.start)()
+        await emit(alice.pk, 5)
+        seen += await client.events(5, timeout=15)
+        assert [event["seq"] for event in seen] == list(range(1, 16))
+        assert await client.quiet() == []
     # The connection survived: no consumer crashed. (channels-redis itself
     # logs its reconnect attempts while Redis is down.)
     assert "Exception inside application" not in server.log()
@@ -127,6 +122,27 @@ async def test_burst_of_200_connects_and_disconnects_raises_nothing(
     async with ws_connect(server.ws_url, token) as client:
         await client.send({"type": "ping"})
         assert await client.recv() == {"type": "pong"}
+    server.assert_log_clean()
+
+
+async def test_a_stopping_server_tells_each_client_when_to_come_back(
+    daphne_factory: Callable[..., DaphneServer], redis_url: str, alice: Any
+) -> None:
+    # 30 clients and a rate of 10 a second: come back within 3 s, each at its own moment.
+    server = daphne_factory(redis_url=redis_url, WS_RECONNECT_RATE_PER_SECOND="10")
+    token = access_token(alice)
+    contexts = [ws_connect(server.ws_url, token) for _ in range(30)]
+    clients = await asyncio.gather(*(context.__aenter__() for context in contexts))
+    try:
+        server.signal(signal.SIGTERM)
+        closes = await asyncio.gather(*(client.close_frame() for client in clients))
+    finally:
+        await asyncio.gather(*(context.__aexit__(None, None, None) for context in contexts))
+    assert {code for code, _ in closes} == {1001}
+    delays = [json.loads(reason)["retry_after"] for _, reason in closes]
+    assert all(0 <= delay <= 3 for delay in delays), delays
+    assert len(set(delays)) > 1, delays  # spread, not one instant for all
+    assert await asyncio.to_thread(server.wait) == 0
     server.assert_log_clean()
 
 

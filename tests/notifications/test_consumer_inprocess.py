@@ -20,12 +20,12 @@ from channels.testing import WebsocketCommunicator
 from rest_framework_simplejwt.tokens import AccessToken
 
 from config.asgi import application
-from config.settings import redis_channel_layers
 from notifications import consumers
 from notifications.consumers import NotificationConsumer
 from notifications.frames import event_frame_text
 from notifications.models import Event
 from notifications.services import _event_write, aevent_record, user_group_name
+from tests.conftest import ChannelLayers
 from tests.servers import free_port
 from tests.wsclient import access_token
 
@@ -33,8 +33,8 @@ PATH = "/ws/notifications/"
 
 
 @pytest.fixture
-def memory_layer(settings: Any) -> None:
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+def memory_layer(settings: Any, channel_layers: ChannelLayers) -> None:
+    channel_layers("memory")
     settings.WS_HEARTBEAT_SECONDS = 0.05
 
 
@@ -71,16 +71,17 @@ async def test_disconnect_in_the_middle_of_a_replay_leaves_no_task(alice: Any) -
     await client.disconnect(timeout=5)
 
 
-async def test_layer_down_at_connect_closes_4503(settings: Any, alice: Any) -> None:
-    settings.CHANNEL_LAYERS = redis_channel_layers(
-        redis_url=f"redis://127.0.0.1:{free_port()}/0", layer="pubsub", prefix="down"
-    )
+async def test_layer_down_at_connect_closes_4503(channel_layers: ChannelLayers, settings: Any, alice: Any) -> None:
+    channel_layers("pubsub", redis_url=f"redis://127.0.0.1:{free_port()}/0", prefix="down")
     client = communicator(alice)
     connected, subprotocol = await client.connect(timeout=10)
     assert (connected, subprotocol) == (True, "jwt")
-    assert await client.receive_output(timeout=5) == {"type": "websocket.close", "code": 4503}
+    closed = await client.receive_output(timeout=5)
     await client.wait(timeout=5)
-    await get_channel_layer().flush()
+    assert (closed["type"], closed["code"]) == ("websocket.close", 4503)
+    # With a delay to come back after, spread around WS_CONNECT_RETRY_SECONDS.
+    retry_after = json.loads(closed["reason"])["retry_after"]
+    assert 0.5 * settings.WS_CONNECT_RETRY_SECONDS <= retry_after <= 1.5 * settings.WS_CONNECT_RETRY_SECONDS
 
 
 @pytest.mark.usefixtures("memory_layer")
@@ -114,8 +115,10 @@ async def test_send_racing_the_peers_close_is_not_an_error(alice: Any, caplog: p
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-async def test_hello_gives_whole_heartbeat_seconds_as_an_integer(settings: Any, alice: Any) -> None:
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+async def test_hello_gives_whole_heartbeat_seconds_as_an_integer(
+    settings: Any, channel_layers: ChannelLayers, alice: Any
+) -> None:
+    channel_layers("memory")
     settings.WS_HEARTBEAT_SECONDS = 25.0
     client = communicator(alice)
     await client.connect(timeout=5)
@@ -125,9 +128,9 @@ async def test_hello_gives_whole_heartbeat_seconds_as_an_integer(settings: Any, 
 
 
 @pytest.fixture
-def quiet_heartbeat(settings: Any) -> None:
+def quiet_heartbeat(settings: Any, channel_layers: ChannelLayers) -> None:
     """A heartbeat that never comes during the test: only the live path can deliver."""
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    channel_layers("memory")
     settings.WS_HEARTBEAT_SECONDS = 3600
 
 

@@ -21,18 +21,16 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.db import connection, transaction
 from django.utils import timezone
 from redis import asyncio as aioredis
 
 from agents.models import AgentRun, RunStatus
-from config.settings import redis_channel_layers
 from notifications.drain import adrain_batch, pending_counts
 from notifications.models import Event, Stream
 from notifications.services import aevent_record, user_group_name
-from tests.conftest import SESSION_PREFIX, test_database_url
+from tests.conftest import SESSION_PREFIX, ChannelLayers, test_database_url
 from tests.servers import ROOT, DaphneServer, LineReader, RedisServer, free_port
 from tests.wsclient import access_token, ws_connect
 
@@ -173,34 +171,31 @@ async def test_events_pending_while_redis_was_down_reach_the_client_after_a_drai
     redis_server_factory: Callable[[], RedisServer],
     daphne_factory: Callable[..., DaphneServer],
     drainers: Callable[..., Drainer],
-    settings: Any,
+    channel_layers: ChannelLayers,
     alice: Any,
 ) -> None:
     redis = redis_server_factory()
     # A heartbeat that never comes in the test: only the drainer's publish can deliver.
     server = daphne_factory(redis_url=redis.url, WS_HEARTBEAT_SECONDS="3600")
-    settings.CHANNEL_LAYERS = redis_channel_layers(redis_url=redis.url, layer="pubsub", prefix=SESSION_PREFIX)
-    try:
-        async with ws_connect(server.ws_url, access_token(alice)) as client:
-            await sync_to_async(redis.stop)()
-            run_id = uuid.uuid4()
-            for step in range(20):
-                await aevent_record(
-                    user_id=alice.pk, event="agent_thinking", run_id=run_id, agent="demo", data={"step": step}
-                )
-            assert await Event.objects.filter(published_at__isnull=True).acount() == 20
-            await sync_to_async(redis.start)()
-            await _wait_until_subscribed(redis.url, f"{SESSION_PREFIX}__group__{user_group_name(alice.pk)}")
+    channel_layers("pubsub", redis_url=redis.url)
+    async with ws_connect(server.ws_url, access_token(alice)) as client:
+        await sync_to_async(redis.stop)()
+        run_id = uuid.uuid4()
+        for step in range(20):
+            await aevent_record(
+                user_id=alice.pk, event="agent_thinking", run_id=run_id, agent="demo", data={"step": step}
+            )
+        assert await Event.objects.filter(published_at__isnull=True).acount() == 20
+        await sync_to_async(redis.start)()
+        await _wait_until_subscribed(redis.url, f"{SESSION_PREFIX}__group__{user_group_name(alice.pk)}")
 
-            drainer = drainers(redis.url, "--once", "--min-age", "0")
-            code, stdout, stderr = await asyncio.to_thread(drainer.finish)
-            assert code == 0, stderr
-            assert "Done: published 20, failed attempts 0; still pending 0" in stdout
-            events = await client.events(20)
-            assert [event["seq"] for event in events] == list(range(1, 21))
-            assert await client.settle() == []
-    finally:
-        await get_channel_layer().flush()
+        drainer = drainers(redis.url, "--once", "--min-age", "0")
+        code, stdout, stderr = await asyncio.to_thread(drainer.finish)
+        assert code == 0, stderr
+        assert "Done: published 20, failed attempts 0; still pending 0" in stdout
+        events = await client.events(20)
+        assert [event["seq"] for event in events] == list(range(1, 21))
+        assert await client.settle() == []
 
 
 async def _wait_until_subscribed(redis_url: str, channel: str) -> None:
@@ -329,30 +324,27 @@ def test_in_memory_layer_is_refused_with_the_reason(transactional_db: None) -> N
     assert "the channel layer is in-memory: it reaches only this process" in result.stderr
 
 
-async def test_failed_publishes_back_off_and_stuck_ones_are_still_retried(settings: Any, alice: Any) -> None:
+async def test_failed_publishes_back_off_and_stuck_ones_are_still_retried(
+    settings: Any, channel_layers: ChannelLayers, alice: Any
+) -> None:
     settings.DRAIN_BACKOFF_BASE_SECONDS = 10
     settings.DRAIN_BACKOFF_MAX_SECONDS = 25
-    settings.CHANNEL_LAYERS = redis_channel_layers(
-        redis_url=f"redis://127.0.0.1:{free_port()}/0", layer="pubsub", prefix="down"
-    )
+    channel_layers("pubsub", redis_url=f"redis://127.0.0.1:{free_port()}/0", prefix="down")
     await sync_to_async(pending_events)([alice.pk], 1)
     waits = []
-    try:
-        for attempt in range(1, 5):
-            result = await adrain_batch(batch_size=10, min_age_seconds=0)
-            assert (result.published, result.failed) == (0, 1)
-            event = await Event.objects.aget()
-            assert event.publish_attempts == attempt and "ConnectionError" in event.last_error
-            assert event.next_attempt_at is not None and event.claimed_until is None
-            waits.append(round((event.next_attempt_at - timezone.now()).total_seconds()))
-            assert (await adrain_batch(batch_size=10, min_age_seconds=0)).claimed == 0  # Backing off.
-            await Event.objects.aupdate(next_attempt_at=timezone.now())
-        assert waits == [10, 20, 25, 25]  # Doubling, capped.
-        # Past the attempt limit it is reported as stuck, kept, and still tried.
-        assert await sync_to_async(pending_counts)(max_attempts=3) == (1, 1)
-        assert (await adrain_batch(batch_size=10, min_age_seconds=0)).failed == 1
-    finally:
-        await get_channel_layer().flush()
+    for attempt in range(1, 5):
+        result = await adrain_batch(batch_size=10, min_age_seconds=0)
+        assert (result.published, result.failed) == (0, 1)
+        event = await Event.objects.aget()
+        assert event.publish_attempts == attempt and "ConnectionError" in event.last_error
+        assert event.next_attempt_at is not None and event.claimed_until is None
+        waits.append(round((event.next_attempt_at - timezone.now()).total_seconds()))
+        assert (await adrain_batch(batch_size=10, min_age_seconds=0)).claimed == 0  # Backing off.
+        await Event.objects.aupdate(next_attempt_at=timezone.now())
+    assert waits == [10, 20, 25, 25]  # Doubling, capped.
+    # Past the attempt limit it is reported as stuck, kept, and still tried.
+    assert await sync_to_async(pending_counts)(max_attempts=3) == (1, 1)
+    assert (await adrain_batch(batch_size=10, min_age_seconds=0)).failed == 1
 
 
 async def test_min_age_leaves_fresh_events_to_the_on_commit_publisher(redis_layer: Any, alice: Any) -> None:

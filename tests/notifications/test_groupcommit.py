@@ -16,10 +16,10 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import DataError, OperationalError, connection
 
-from config.settings import redis_channel_layers
 from notifications import groupcommit, services
 from notifications.models import Event, Stream
 from notifications.services import aevent_record, event_record
+from tests.conftest import ChannelLayers
 from tests.notifications.conftest import member_of
 from tests.servers import free_port
 
@@ -202,14 +202,12 @@ async def test_cancelled_callers_lose_and_duplicate_nothing(
 
 
 async def test_a_failed_publish_leaves_exactly_that_batch_pending(
-    alice: Any, bob: Any, settings: Any, redis_url: str
+    alice: Any, bob: Any, channel_layers: ChannelLayers, redis_url: str
 ) -> None:
-    settings.CHANNEL_LAYERS = redis_channel_layers(
-        redis_url=f"redis://127.0.0.1:{free_port()}/0", layer="pubsub", prefix="down"
-    )
+    channel_layers("pubsub", redis_url=f"redis://127.0.0.1:{free_port()}/0", prefix="down")
     down = await asyncio.gather(*(record((alice if index % 2 else bob).pk, index) for index in range(20)))
     await services.alayer_close()
-    settings.CHANNEL_LAYERS = redis_channel_layers(redis_url=redis_url, layer="pubsub", prefix="up")
+    channel_layers("pubsub", redis_url=redis_url, prefix="up")
     up = await asyncio.gather(*(record(alice.pk, index) for index in range(20, 30)))
     await services.alayer_close()
     pending = await sync_to_async(

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.utils.module_loading import import_string
 from redis import asyncio as aioredis
 
-from config.settings import redis_channel_layers
+from config.redis_urls import redis_channel_layers
+from notifications.layers import group_add_many, new_group_channel
 from tests.conftest import SESSION_PREFIX
 from tests.servers import RedisServer, free_port, wait_for
 
@@ -59,7 +61,9 @@ def _answers(port: int) -> bool:
 
 
 def layer_for(redis_url: str, kind: str) -> Any:
-    config = redis_channel_layers(redis_url=redis_url, layer=kind, prefix=f"{SESSION_PREFIX}layers")["default"]
+    config = redis_channel_layers(
+        redis_url=redis_url, layer=kind, prefix=f"{SESSION_PREFIX}layers", options=settings.REDIS_OPTIONS
+    )["default"]
     return import_string(str(config["BACKEND"]))(**config["CONFIG"])  # type: ignore[arg-type]
 
 
@@ -78,11 +82,13 @@ async def close(layer: Any) -> None:
             await client.aclose()
 
 
-async def round_trip(layer: Any, groups: int) -> None:
-    """Each of ``groups`` groups gets one message to its one member."""
+async def round_trip(layer: Any, groups: int, *, batched: bool = False) -> None:
+    """Each of ``groups`` groups gets one message to its one member (joined one by one, or all in one batch)."""
     channels = [await layer.new_channel() for _ in range(groups)]
+    if batched:
+        await group_add_many(layer, [(f"g{index}", channel) for index, channel in enumerate(channels)])
     for index, channel in enumerate(channels):
-        await layer.group_add(f"g{index}", channel)
+        await layer.group_add(f"g{index}", channel)  # (again, when batched: joining twice is a no-op)
     for index in range(groups):
         await layer.group_send(f"g{index}", {"type": "test.message", "n": index})
     for index, channel in enumerate(channels):
@@ -103,6 +109,51 @@ async def test_sharded_across_two_servers(shards: list[RedisServer], kind: str) 
             finally:
                 await client.aclose()
             assert len(held) > 0, f"{shard.url} holds none of the 20 groups"
+    finally:
+        await close(layer)
+
+
+@pytest.mark.parametrize("kind", ["pubsub", "core"])
+async def test_joined_in_one_batch_across_two_servers(shards: list[RedisServer], kind: str) -> None:
+    layer = layer_for(",".join(shard.url for shard in shards), kind)
+    try:
+        await round_trip(layer, groups=20, batched=True)
+        if kind == "pubsub":
+            # One subscription per group, however many times it was joined.
+            subscribed = [shard._subscribed_to for shard in layer._get_layer()._shards]
+            assert sum(len(names) for names in subscribed) == 20 + 20  # the groups, and the channels' own
+    finally:
+        await close(layer)
+
+
+@pytest.mark.parametrize("kind", ["pubsub", "core"])
+async def test_a_consumers_channel_hears_its_groups_without_a_subscription_of_its_own(
+    shards: list[RedisServer], kind: str
+) -> None:
+    layer = layer_for(shards[0].url, kind)
+    try:
+        channel = await new_group_channel(layer)
+        await group_add_many(layer, [("g", channel)])
+        await layer.group_send("g", {"type": "test.message"})
+        assert await asyncio.wait_for(layer.receive(channel), timeout=TIMEOUT_SECONDS) == {"type": "test.message"}
+        if kind == "pubsub":
+            client = aioredis.Redis.from_url(shards[0].url)
+            try:
+                subscribed = {
+                    name.decode() if isinstance(name, bytes) else name for name in await client.pubsub_channels()
+                }
+                assert subscribed == {layer._get_layer()._get_group_channel_name("g")}
+            finally:
+                await client.aclose()
+    finally:
+        await close(layer)
+
+
+async def test_a_batched_join_of_a_channel_from_elsewhere_is_refused(shards: list[RedisServer]) -> None:
+    layer = layer_for(shards[0].url, "pubsub")
+    try:
+        with pytest.raises(RuntimeError, match="does not exist in this process"):
+            await group_add_many(layer, [("g", "specific.not-ours")])
     finally:
         await close(layer)
 

@@ -13,16 +13,15 @@ import hypothesis
 import pytest
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.db import connection, transaction
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from config.settings import redis_channel_layers
 from notifications.exceptions import InvalidEventData, InvalidEventType
 from notifications.frames import event_frame, event_frame_text
 from notifications.models import Event, EventType, Stream
 from notifications.services import aevent_record, event_record, stream_ack
+from tests.conftest import ChannelLayers
 from tests.hostile import (
     DETAIL_MAX_CHARS,
     big_strings,
@@ -129,14 +128,11 @@ async def test_publish_waits_for_commit_and_a_rollback_publishes_nothing(layer: 
 
 
 async def test_failed_publish_leaves_the_event_pending_and_does_not_raise(
-    settings: Any, alice: Any, caplog: pytest.LogCaptureFixture
+    channel_layers: ChannelLayers, alice: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings.CHANNEL_LAYERS = redis_channel_layers(
-        redis_url=f"redis://127.0.0.1:{free_port()}/0", layer="pubsub", prefix="down"
-    )
+    channel_layers("pubsub", redis_url=f"redis://127.0.0.1:{free_port()}/0", prefix="down")
     with caplog.at_level(logging.WARNING, logger="notifications.services"):
         event = await record(alice.pk)
-    await get_channel_layer().flush()
     stored = await Event.objects.aget(pk=event.pk)
     assert stored.published_at is None
     assert stored.publish_attempts == 1

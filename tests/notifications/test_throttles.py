@@ -7,6 +7,7 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 from rest_framework.throttling import SimpleRateThrottle
 
+from tests.conftest import ChannelLayers
 from tests.wsclient import access_token
 
 
@@ -35,8 +36,10 @@ def test_sign_in_is_limited_per_client_address_and_a_forged_forwarded_for_does_n
 
 
 @pytest.mark.usefixtures("rates")
-def test_starting_runs_is_limited_per_user_and_reading_is_not(alice: Any, bob: Any, settings: Any) -> None:
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+def test_starting_runs_is_limited_per_user_and_reading_is_not(
+    alice: Any, bob: Any, channel_layers: ChannelLayers
+) -> None:
+    channel_layers("memory")
     alices, bobs = APIClient(), APIClient()
     alices.credentials(HTTP_AUTHORIZATION=f"Bearer {access_token(alice)}")
     bobs.credentials(HTTP_AUTHORIZATION=f"Bearer {access_token(bob)}")

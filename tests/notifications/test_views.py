@@ -11,17 +11,17 @@ from django.db import DatabaseError
 from django.test import AsyncClient
 from rest_framework.test import APIClient
 
-from config.settings import redis_channel_layers
 from notifications import views
 from notifications.models import Event
 from notifications.services import event_record
+from tests.conftest import ChannelLayers
 from tests.servers import free_port
 from tests.wsclient import REFUSED_TOKENS, access_token, retyped_token
 
 
 @pytest.fixture(autouse=True)
-def memory_layer(settings: Any) -> None:
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+def memory_layer(channel_layers: ChannelLayers) -> None:
+    channel_layers("memory")
 
 
 def api(user: Any | None = None, *, token: str | None = None) -> APIClient:
@@ -156,10 +156,8 @@ def test_healthz_reports_ok_with_the_pending_backlog(alice: Any, settings: Any) 
     assert body["pending_events"]["oldest_age_seconds"] > 0
 
 
-def test_healthz_is_503_when_the_layer_is_down(transactional_db: None, settings: Any) -> None:
-    settings.CHANNEL_LAYERS = redis_channel_layers(
-        redis_url=f"redis://127.0.0.1:{free_port()}/0", layer="pubsub", prefix="down"
-    )
+def test_healthz_is_503_when_the_layer_is_down(transactional_db: None, channel_layers: ChannelLayers) -> None:
+    channel_layers("pubsub", redis_url=f"redis://127.0.0.1:{free_port()}/0", prefix="down")
     response = api().get("/healthz")
     assert response.status_code == 503
     body = response.json()

@@ -107,7 +107,7 @@ export class NotificationsClient {
       if (ws === this.ws) this.receive(message.data);
     };
     ws.onclose = (close) => {
-      if (ws === this.ws) this.closed(close.code);
+      if (ws === this.ws) this.closed(close.code, close.reason);
     };
   }
 
@@ -184,7 +184,7 @@ export class NotificationsClient {
     this.setState(State.LIVE);
   }
 
-  closed(code) {
+  closed(code, reason = "") {
     this.ws = null;
     this.awaitingResume = false;
     this.held = []; // the next connection's resume covers them
@@ -193,18 +193,20 @@ export class NotificationsClient {
     this.timers.ack = this.timers.watchdog = null;
     if (this.stopped) return;
     if (code === CLOSE_AUTH_FAILED) this.tokenRefused = true;
-    this.reconnectLater();
+    this.reconnectLater(retryAfterMs(reason, this.backoffMaxMs));
   }
 
-  reconnectLater() {
+  // Reconnect after the server's delay when it gave one (a stopping or busy
+  // server spreads its clients out, protocol section 7), else after an
+  // exponential backoff with full jitter, so a restarted server is not hit by
+  // every client at the same instant.
+  reconnectLater(delayMs = null) {
     if (this.stopped) return;
     this.setState(this.state === State.CONNECTING ? State.CONNECTING : State.RECONNECTING);
-    // Exponential backoff with full jitter, so a restarted server is not hit
-    // by every client at the same instant.
     const ceiling = Math.min(this.backoffMaxMs, this.backoffBaseMs * 2 ** this.attempt);
     this.attempt += 1;
     clearTimeout(this.timers.reconnect);
-    this.timers.reconnect = setTimeout(() => this.connect(), this.random() * ceiling);
+    this.timers.reconnect = setTimeout(() => this.connect(), delayMs ?? this.random() * ceiling);
   }
 
   // No frame for two heartbeats: the connection is dead even if the socket
@@ -246,4 +248,18 @@ export class NotificationsClient {
     this.state = state;
     this.onState(state);
   }
+}
+
+// The delay a close reason asks for ({"retry_after": seconds}), in ms and at
+// most maxMs; null when it asks for none.
+export function retryAfterMs(reason, maxMs) {
+  if (!reason) return null;
+  let seconds;
+  try {
+    seconds = JSON.parse(reason)?.retry_after;
+  } catch {
+    return null;
+  }
+  if (typeof seconds !== "number" || !Number.isFinite(seconds) || seconds < 0) return null;
+  return Math.min(seconds * 1000, maxMs);
 }

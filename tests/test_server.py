@@ -1,0 +1,101 @@
+"""config/server.py: daphne's application checker, per event instead of per socket, keeps daphne's rules."""
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import pytest
+
+from config import server as server_module
+from config.server import GracefulServer, reconnect_spread_seconds
+
+
+class Protocol:
+    def __init__(self) -> None:
+        self.exceptions: list[BaseException] = []
+
+    def handle_exception(self, exception: BaseException) -> None:
+        self.exceptions.append(exception)
+
+
+class Reactor:
+    def __init__(self) -> None:
+        self.later: list[tuple[float, Any]] = []
+
+    def callLater(self, delay: float, call: Any) -> None:
+        self.later.append((delay, call))
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> GracefulServer:
+    monkeypatch.setattr(server_module, "reactor", Reactor())
+    server = GracefulServer(application=None, endpoints=["tcp:port=0:interface=127.0.0.1"])
+    server.connections = {}  # (what daphne's run() starts with)
+    return server
+
+
+def connect(server: GracefulServer, outcome: "asyncio.Future[None]") -> Protocol:
+    """A connection whose application (made by the server, as daphne does) ends as ``outcome`` does."""
+    protocol = Protocol()
+    server.protocol_connected(protocol)
+
+    async def application(scope: Any, receive: Any, send: Any) -> None:
+        await outcome
+
+    server.application = application
+    server.create_application(protocol, {"type": "websocket"})
+    return protocol
+
+
+async def test_a_live_connection_is_not_looked_at_and_a_finished_one_is_forgotten(server: GracefulServer) -> None:
+    loop = asyncio.get_running_loop()
+    live = connect(server, loop.create_future())
+    done_future: asyncio.Future[None] = loop.create_future()
+    gone = connect(server, done_future)
+    done_future.set_result(None)
+    await asyncio.sleep(0.01)
+    server.protocol_disconnected(gone)
+    assert server.settling == {gone}
+    server.application_checker()
+    assert list(server.connections) == [live]
+    assert server.settling == set()
+    running = server.connections[live]["application_instance"]
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_an_application_that_failed_is_logged_and_its_connection_told(
+    server: GracefulServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    protocol = connect(server, failed)
+    failed.set_exception(ValueError("boom"))
+    await asyncio.sleep(0.01)
+    with caplog.at_level(logging.ERROR):
+        server.application_checker()
+    assert [type(exc) for exc in protocol.exceptions] == [ValueError]
+    assert "Exception inside application: boom" in caplog.text
+    # Still connected: it stays known until it disconnects, then goes.
+    assert protocol in server.connections
+    server.protocol_disconnected(protocol)
+    server.application_checker()
+    assert protocol not in server.connections
+
+
+async def test_an_application_that_outlives_its_close_timeout_is_cancelled(server: GracefulServer) -> None:
+    running: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    protocol = connect(server, running)
+    server.protocol_disconnected(protocol)
+    server.connections[protocol]["disconnected"] = time.time() - server.application_close_timeout - 1
+    server.application_checker()
+    await asyncio.sleep(0.01)
+    assert server.connections[protocol]["application_instance"].cancelled()
+
+
+def test_a_stopping_server_spreads_its_clients_over_what_the_servers_admit(settings: Any) -> None:
+    settings.WS_RECONNECT_RATE_PER_SECOND = 1000
+    settings.WS_RECONNECT_SPREAD_MAX_SECONDS = 30
+    assert reconnect_spread_seconds(10) == 1.0  # at least a second
+    assert reconnect_spread_seconds(10_000) == 10.0
+    assert reconnect_spread_seconds(1_000_000) == 30.0
