@@ -10,7 +10,7 @@ flight, and the process prints ``READY {...}`` once each has had its
 whenever it is closed, comes back:
 
 - after a close 4503 or 1001 whose reason is ``{"retry_after": <seconds>}``,
-  that long after;
+  that long after (at most a minute);
 - after anything else (refused, reset, timed out, closed without a hint),
   after a jittered 50-300 ms;
 
@@ -46,6 +46,7 @@ from websockets.typing import Subprotocol
 OPEN_TIMEOUT_SECONDS = 120.0
 BACKOFF_SECONDS = (0.05, 0.3)
 HINTED_CLOSE_CODES = (1001, 4503)
+RETRY_AFTER_MAX_SECONDS = 60.0  # a longer hint is capped, as docs/protocol.md asks of clients
 Stats = Counter[str]
 
 
@@ -62,7 +63,9 @@ def retry_after(close: Close | None) -> float | None:
         hint = json.loads(close.reason)["retry_after"]
     except (ValueError, TypeError, KeyError):
         return None
-    return float(hint) if isinstance(hint, int | float) and not isinstance(hint, bool) and hint >= 0 else None
+    if not isinstance(hint, int | float) or isinstance(hint, bool) or not hint >= 0:
+        return None
+    return min(float(hint), RETRY_AFTER_MAX_SECONDS)
 
 
 class Roll:
