@@ -59,6 +59,7 @@ class Plan:
     storm_emit_users: int  # users with events during the reconnect storm
     storm_rate: float  # their events/s, in all
     storm_warm_seconds: float  # events before the restart, and after every client is back
+    storm_live_limit_seconds: float  # from the SIGTERM, longest wait for every client to be back
 
     @property
     def accounts(self) -> int:
@@ -69,11 +70,13 @@ FULL = Plan(
     users=1000, load_seconds=10, rates=(500, 2000), drain_events=50_000,
     idle_connections=10_000, idle_seconds=75, scale_connections=18_000, scale_idle_seconds=25,
     storm_connections=10_000, storm_emit_users=1000, storm_rate=100, storm_warm_seconds=5,
+    storm_live_limit_seconds=420.0,
 )  # fmt: skip
 QUICK = Plan(
     users=50, load_seconds=2, rates=(200,), drain_events=2000,
     idle_connections=200, idle_seconds=5, scale_connections=300, scale_idle_seconds=2,
     storm_connections=300, storm_emit_users=20, storm_rate=50, storm_warm_seconds=2,
+    storm_live_limit_seconds=120.0,
 )  # fmt: skip
 FEW_USERS = 8
 PARTS = ("load", "connections", "drain")
@@ -206,10 +209,14 @@ def main() -> None:
             f"{name}.{run}"
             for name in ("ours_pubsub", "ours_core")
             for run, figures in results.get(name, {}).items()
-            if run in CHECKED and (wrong(figures) or figures["logged"] != figures["sent"])
+            if run in CHECKED
+            and (wrong(figures) or figures["logged"] != figures["sent"] or figures.get("all_live_seconds", 0) is None)
         ]
         if bad:
-            raise SystemExit(f"Lost, unexpected, duplicated, out-of-order or unpublished events in: {', '.join(bad)}")
+            raise SystemExit(
+                f"Lost, unexpected, duplicated, out-of-order or unpublished events, or clients not back, in: "
+                f"{', '.join(bad)}"
+            )
 
 
 def connection_runs(
@@ -224,6 +231,7 @@ def connection_runs(
     storm_figures = storms(
         machine, env, start, users[: plan.storm_connections], mode=mode,
         emit_users=plan.storm_emit_users, rate=plan.storm_rate, warm_seconds=plan.storm_warm_seconds,
+        live_limit_seconds=plan.storm_live_limit_seconds,
     )  # fmt: skip
     return {"idle": idle_figures, **storm_figures}
 

@@ -21,8 +21,9 @@ back, then those after the last seq processed are processed in seq order;
 outside that window every event is processed as it comes, so a duplicate or
 a reordering by the server shows in the counts.
 
-Commands on stdin: ``MARK`` (prints ``MARKED``, then ``LIVE {...}`` once
-every client has been live again since), ``EXPECT n`` (wait until n distinct events came or
+Commands on stdin: ``MARK <seconds>`` (prints ``MARKED``, then ``LIVE
+{...}`` once every client has been live again since, or once that long has
+passed: ``all_live`` is then null and ``back`` says how many were), ``EXPECT n`` (wait until n distinct events came or
 nothing came for ``--idle`` seconds, flush every connection with a ping,
 then stop) and ``STOP``.
 """
@@ -214,8 +215,14 @@ async def main() -> None:
             mark, cpu, before = time.time(), time.process_time(), stats.copy()
             roll.start(clients)
             print("MARKED", flush=True)
-            await roll.done.wait()
-            live = {"mark": mark, "all_live": roll.last_at, "cpu_seconds": time.process_time() - cpu}
+            try:
+                await asyncio.wait_for(roll.done.wait(), float(command.split()[1]))
+            except TimeoutError:
+                pass
+            live = {
+                "mark": mark, "until": time.time(), "all_live": roll.last_at if roll.done.is_set() else None,
+                "back": len(clients) - len(roll.waiting), "cpu_seconds": time.process_time() - cpu,
+            }  # fmt: skip
             print(f"LIVE {json.dumps({**live, 'stats': stats - before})}", flush=True)
         if command.startswith("EXPECT"):
             expected = int(command.split()[1])
