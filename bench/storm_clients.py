@@ -47,6 +47,7 @@ from websockets.typing import Subprotocol
 OPEN_TIMEOUT_SECONDS = 120.0
 BACKOFF_SECONDS = (0.05, 0.3)
 HINTED_CLOSE_CODES = (1001, 4503)
+EXPECT_MAX_SECONDS = 240.0  # the longest EXPECT waits, however slowly events still trickle in
 RETRY_AFTER_MAX_SECONDS = 60.0  # a longer hint is capped, as docs/protocol.md asks of clients
 Stats = Counter[str]
 
@@ -227,7 +228,8 @@ async def main() -> None:
         if command.startswith("EXPECT"):
             expected = int(command.split()[1])
             seen, quiet_since = -1, time.monotonic()
-            while tally.distinct < expected and time.monotonic() - quiet_since < args.idle:
+            give_up = quiet_since + EXPECT_MAX_SECONDS
+            while tally.distinct < expected and (now := time.monotonic()) < give_up and now - quiet_since < args.idle:
                 if tally.received != seen:
                     seen, quiet_since = tally.received, time.monotonic()
                 await asyncio.sleep(0.02)
