@@ -21,11 +21,12 @@ back, then those after the last seq processed are processed in seq order;
 outside that window every event is processed as it comes, so a duplicate or
 a reordering by the server shows in the counts.
 
-Commands on stdin: ``MARK <seconds>`` (prints ``MARKED``, then ``LIVE
-{...}`` once every client has been live again since, or once that long has
-passed: ``all_live`` is then null and ``back`` says how many were), ``EXPECT n`` (wait until n distinct events came or
-nothing came for ``--idle`` seconds, flush every connection with a ping,
-then stop) and ``STOP``.
+Commands on stdin: ``MARK`` (prints ``MARKED``, then ``LIVE {...}`` once
+every client has been live again since), ``EXPECT n`` (wait until n
+distinct events came or nothing came for ``--idle`` seconds, flush every
+connection with a ping, then stop) and ``STOP``. READY and LIVE come after
+``--limit`` seconds at the latest: ``all_live`` is then null, and ``live``
+says how many clients were.
 """
 
 import argparse
@@ -81,6 +82,13 @@ class Roll:
     def start(self, clients: list["Client"]) -> None:
         self.waiting, self.last_at = set(clients), 0.0
         self.done.clear()
+
+    def report(self, clients: list["Client"], since: float, cpu: float) -> dict[str, Any]:
+        """Since ``since``: when the last client became live (None if some have not), how many have, the CPU used."""
+        return {
+            "since": since, "until": time.time(), "all_live": self.last_at if self.done.is_set() else None,
+            "live": len(clients) - len(self.waiting), "cpu_seconds": time.process_time() - cpu,
+        }  # fmt: skip
 
     def live(self, client: "Client", at: float) -> None:
         if client in self.waiting:
@@ -182,6 +190,15 @@ class Client:
         self.roll.live(self, time.time())
 
 
+async def wait_roll(roll: Roll, since: float, limit: float) -> float:
+    """Wait, at most ``limit`` seconds, for every client to become live; return how long it took so far."""
+    try:
+        await asyncio.wait_for(roll.done.wait(), limit)
+    except TimeoutError:
+        pass
+    return (roll.last_at if roll.done.is_set() else time.time()) - since
+
+
 async def flush(clients: list[Client]) -> None:
     """Ping every open connection: its pong comes after anything already on its way."""
     sockets = [client.ws for client in clients if client.ws is not None]
@@ -196,6 +213,7 @@ async def main() -> None:
     parser.add_argument("--tokens", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--idle", type=float, default=5.0, help="Give up waiting after this long with nothing new.")
+    parser.add_argument("--limit", type=float, default=600.0, help="Report READY or LIVE after this long at most.")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -207,24 +225,16 @@ async def main() -> None:
     started, cpu = time.time(), time.process_time()
     tasks = [asyncio.create_task(client.run()) for client in clients]
     try:
-        await roll.done.wait()
-        connect_seconds = roll.last_at - started
-        ready = {"started": started, "all_live": roll.last_at, "cpu_seconds": time.process_time() - cpu, "stats": stats}
+        connect_seconds = await wait_roll(roll, started, args.limit)
+        ready = {**roll.report(clients, started, cpu), "stats": stats}
         print(f"READY {json.dumps(ready)}", flush=True)
         loop = asyncio.get_running_loop()
         while (command := await loop.run_in_executor(None, sys.stdin.readline)).startswith("MARK"):
             mark, cpu, before = time.time(), time.process_time(), stats.copy()
             roll.start(clients)
             print("MARKED", flush=True)
-            try:
-                await asyncio.wait_for(roll.done.wait(), float(command.split()[1]))
-            except TimeoutError:
-                pass
-            live = {
-                "mark": mark, "until": time.time(), "all_live": roll.last_at if roll.done.is_set() else None,
-                "back": len(clients) - len(roll.waiting), "cpu_seconds": time.process_time() - cpu,
-            }  # fmt: skip
-            print(f"LIVE {json.dumps({**live, 'stats': stats - before})}", flush=True)
+            await wait_roll(roll, mark, args.limit)
+            print(f"LIVE {json.dumps({**roll.report(clients, mark, cpu), 'stats': stats - before})}", flush=True)
         if command.startswith("EXPECT"):
             expected = int(command.split()[1])
             seen, quiet_since = -1, time.monotonic()
