@@ -71,8 +71,10 @@ async def group_add_many(layer: Any, pairs: Sequence[tuple[str, str]]) -> None:
     round trip and a write each; a burst of connects then spends much of its
     time writing them. This does what ``group_add`` does for each pair (the
     layer's group map, then the shard's subscriptions under its lock), with
-    every new group of a shard in one command. Other layers get ``group_add``
-    for each pair, all at once.
+    every new group of a shard in one command; a channel whose consumer has
+    already gone is skipped (``group_add`` would raise, failing the whole
+    burst for one departed client). Other layers get ``group_add`` for each
+    pair, all at once.
     """
     if not isinstance(layer, RedisPubSubChannelLayer):
         await asyncio.gather(*(layer.group_add(group, channel) for group, channel in pairs))
@@ -81,7 +83,10 @@ async def group_add_many(layer: Any, pairs: Sequence[tuple[str, str]]) -> None:
     by_shard: dict[Any, list[str]] = {}
     for group, channel in pairs:
         if channel not in loop_layer.channels:
-            raise RuntimeError(f"Channel {channel!r} does not exist in this process; it cannot join {group!r}.")
+            # Its consumer has gone (the layer drops a channel when its reader is
+            # cancelled) while the join waited: nothing to join, and the others
+            # in the batch must not fail for it.
+            continue
         group_channel = loop_layer._get_group_channel_name(group)
         loop_layer.groups.setdefault(group_channel, set()).add(channel)
         by_shard.setdefault(loop_layer._get_shard(group_channel), []).append(group_channel)
