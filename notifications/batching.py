@@ -67,15 +67,15 @@ class BatchedReader(Generic[K, V]):
                     waiter.set_result(found.get(key))
 
 
-_readers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, BatchedReader]]" = (  # type: ignore[type-arg]
+_readers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, BatchedReader]]" = (  # type: ignore[type-arg]
     weakref.WeakKeyDictionary()
 )
 
 
-def batched_reader(name: str, read: Callable[[list[K]], Awaitable[Mapping[K, V]]]) -> BatchedReader[K, V]:
-    """The running loop's reader called ``name`` (made on first use with ``read``)."""
+def batched_reader(key: Hashable, read: Callable[[list[K]], Awaitable[Mapping[K, V]]]) -> BatchedReader[K, V]:
+    """The running loop's reader for ``key`` (a name, or a name and the object it reads for; made on first use)."""
     readers = _readers.setdefault(asyncio.get_running_loop(), {})
-    reader = readers.get(name)
+    reader = readers.get(key)
     if reader is None:
-        reader = readers[name] = BatchedReader(read=read)
+        reader = readers[key] = BatchedReader(read=read)
     return reader

@@ -460,7 +460,8 @@ def group_joins(layer: Any) -> BatchedReader[tuple[str, str], bool]:
         await group_add_many(layer, pairs)
         return dict.fromkeys(pairs, True)
 
-    return batched_reader(f"group-joins-{id(layer)}", join)
+    # Keyed by the layer itself, not its id: a later layer at a freed one's address must not get its reader.
+    return batched_reader(("group-joins", layer), join)
 
 
 def _unix_to_iso(timestamp: float) -> str:
