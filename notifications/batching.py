@@ -72,10 +72,12 @@ _readers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, B
 )
 
 
-def batched_reader(key: Hashable, read: Callable[[list[K]], Awaitable[Mapping[K, V]]]) -> BatchedReader[K, V]:
+def batched_reader(
+    key: Hashable, read: Callable[[list[K]], Awaitable[Mapping[K, V]]], *, max_keys: int = READ_MAX_KEYS
+) -> BatchedReader[K, V]:
     """The running loop's reader for ``key`` (a name, or a name and the object it reads for; made on first use)."""
     readers = _readers.setdefault(asyncio.get_running_loop(), {})
     reader = readers.get(key)
     if reader is None:
-        reader = readers[key] = BatchedReader(read=read)
+        reader = readers[key] = BatchedReader(read=read, max_keys=max_keys)
     return reader

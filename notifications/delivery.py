@@ -16,15 +16,42 @@ from dataclasses import dataclass
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from .batching import batched_reader
 from .frames import event_frame_text
-from .selectors import events_after, stream_positions
+from .models import Event
+from .selectors import EventsAfter, events_after_many, streams_positions
 
 logger = logging.getLogger(__name__)
 
-# In the thread pool, not on Django's one thread-sensitive thread: the replays
-# of a reconnect storm then wait on the database side by side, not in a queue.
-aevents_after = database_sync_to_async(events_after, thread_sensitive=False)
-astream_positions = database_sync_to_async(stream_positions, thread_sensitive=False)
+
+def _events_after(asks: list[EventsAfter]) -> dict[EventsAfter, list[Event]]:
+    return events_after_many(asks=asks)
+
+
+def _positions(user_ids: list[int]) -> dict[int, tuple[int, int]]:
+    return streams_positions(user_ids=user_ids)
+
+
+# Batched (notifications/batching.py): the replays and catch-ups of every
+# connection of a process that read at the same time (a heartbeat round, a
+# reconnect storm) are one query and one hop to the thread pool, not one each.
+_aevents_after = database_sync_to_async(_events_after, thread_sensitive=False)
+_apositions = database_sync_to_async(_positions, thread_sensitive=False)
+
+
+async def aevents_after(*, user_id: int, after: int, limit: int) -> list[Event]:
+    """Up to ``limit`` of the user's events with seq above ``after``, in seq order, read after this call."""
+    reader = batched_reader("events-after", _aevents_after, max_keys=EVENTS_AFTER_MAX_ASKS)
+    return await reader.get((user_id, after, limit)) or []
+
+
+async def astream_positions(*, user_id: int) -> tuple[int, int]:
+    """The user's newest seq and the highest seq retention deleted (0, 0 with no stream), read after this call."""
+    return await batched_reader("stream-positions", _apositions).get(user_id) or (0, 0)
+
+
+# Asks answered by one read: each may return a replay batch (WS_REPLAY_BATCH_SIZE events).
+EVENTS_AFTER_MAX_ASKS = 100
 
 SendText = Callable[[str], Awaitable[bool]]
 
@@ -95,6 +122,9 @@ class Delivery:
                     "load older events from GET /api/events/ and resume from a later seq."
                 )
             self.sent_seq = after
+            if after == last_seq:
+                # Nothing to replay (most of a reconnect storm): a later event comes live, or at the next beat.
+                return Resumed(after=after, last_seq=after, count=0, truncated=after < pruned_seq)
             count = await self._send_from_log()
             # Read again: a prune that ran during the replay may have taken events from it.
             _, pruned_seq = await astream_positions(user_id=self.user_id)

@@ -39,10 +39,46 @@ def events_after(
     return list(events.order_by("seq")[:limit])
 
 
+# (user_id, after, limit): "up to limit of the user's events with seq above after".
+EventsAfter = tuple[int, int, int]
+
+
+def events_after_many(*, asks: Collection[EventsAfter]) -> dict[EventsAfter, list[Event]]:
+    """Answer many ``events_after`` asks (no filters) in one statement; each answer is in seq order.
+
+    Each ask is its own ``LIMIT`` subquery on the (user, seq) index, joined
+    with ``UNION ALL``: what a heartbeat round or a reconnect storm reads for
+    hundreds of connections costs one round trip, not hundreds.
+    """
+    unique = list(dict.fromkeys(asks))
+    if not unique:
+        return {}
+    columns = ", ".join(f"e.{_column(Event, f.name)}" for f in Event._meta.concrete_fields)
+    user, seq = _column(Event, "user"), _column(Event, "seq")
+    # Names are the model's own, quoted, and ``i`` an index made here; every value is a parameter.
+    sql = " UNION ALL ".join(
+        f"SELECT * FROM (SELECT {columns}, {i} AS ask FROM {_table(Event)} e"  # noqa: S608
+        f" WHERE e.{user} = %s AND e.{seq} > %s ORDER BY e.{seq} LIMIT %s) AS a{i}"
+        for i in range(len(unique))
+    )
+    params = [value for ask in unique for value in ask]
+    found: dict[EventsAfter, list[Event]] = {ask: [] for ask in unique}
+    for event in Event.objects.raw(sql, params):
+        found[unique[getattr(event, "ask")]].append(event)  # noqa: B009 (a column of the query, not a field)
+    for events in found.values():
+        events.sort(key=lambda event: event.seq)
+    return found
+
+
 def stream_positions(*, user_id: int) -> tuple[int, int]:
     """Return the user's newest seq and the highest seq retention deleted (0, 0 with no stream)."""
-    row = Stream.objects.filter(user_id=user_id).values_list("last_seq", "pruned_seq").first()
-    return (int(row[0]), int(row[1])) if row else (0, 0)
+    return streams_positions(user_ids=[user_id]).get(user_id, (0, 0))
+
+
+def streams_positions(*, user_ids: Collection[int]) -> dict[int, tuple[int, int]]:
+    """``stream_positions`` of many users in one query; a user without a stream is left out."""
+    rows = Stream.objects.filter(pk__in=user_ids).values_list("pk", "last_seq", "pruned_seq")
+    return {int(pk): (int(last_seq), int(pruned_seq)) for pk, last_seq, pruned_seq in rows}
 
 
 def events_pending_summary() -> tuple[int, datetime | None]:
