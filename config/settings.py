@@ -324,14 +324,18 @@ if WS_HEARTBEAT_SECONDS <= 0:
 WS_HEARTBEAT_SLOTS = env_int("WS_HEARTBEAT_SLOTS", 25)
 if WS_HEARTBEAT_SLOTS < 1:
     raise ImproperlyConfigured("WS_HEARTBEAT_SLOTS must be at least 1.")
-# Admission: at most this many handshakes in progress per process (accept to
-# hello); beyond it a connect is closed with 4503 and told to retry after about
-# WS_CONNECT_RETRY_SECONDS (spread between half and one and a half of it).
-WS_CONNECT_MAX_PENDING = env_int("WS_CONNECT_MAX_PENDING", 1000)
+# Admission (notifications/admission.py): a connect is closed with 4503 and a
+# retry appointment when the oldest handshake in progress (accept to hello) has
+# waited WS_CONNECT_MAX_WAIT_SECONDS, or WS_CONNECT_MAX_PENDING are in progress.
+# Appointments start about WS_CONNECT_RETRY_SECONDS ahead (half to one and a
+# half of it) and are spaced at WS_RECONNECT_RATE_PER_SECOND.
+WS_CONNECT_MAX_PENDING = env_int("WS_CONNECT_MAX_PENDING", 10_000)
+WS_CONNECT_MAX_WAIT_SECONDS = env_float("WS_CONNECT_MAX_WAIT_SECONDS", 5.0)
 WS_CONNECT_RETRY_SECONDS = env_float("WS_CONNECT_RETRY_SECONDS", 2.0)
 # On SIGTERM each client is told to come back after a random delay spread over
 # (open sockets / WS_RECONNECT_RATE_PER_SECOND) seconds, at least one second and
-# at most WS_RECONNECT_SPREAD_MAX_SECONDS: the rate one server admits connects.
+# at most WS_RECONNECT_SPREAD_MAX_SECONDS: the rate one server admits connects
+# (measured about 850/s on 2 cores, bench/RESULTS.md).
 WS_RECONNECT_RATE_PER_SECOND = env_float("WS_RECONNECT_RATE_PER_SECOND", 1000.0)
 WS_RECONNECT_SPREAD_MAX_SECONDS = env_float("WS_RECONNECT_SPREAD_MAX_SECONDS", 30.0)
 WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 64 * 1024)
@@ -368,6 +372,14 @@ SERVER_LISTEN_BACKLOG = env_int("SERVER_LISTEN_BACKLOG", 4096)
 # how often the server pings each WebSocket to find peers that vanished.
 SERVER_TIMEOUT_CHECK_SECONDS = env_float("SERVER_TIMEOUT_CHECK_SECONDS", 5.0)
 WS_PING_SECONDS = env_int("WS_PING_SECONDS", 60)
+# The server's garbage collector (config/server.py, tune_gc): what is loaded at
+# start is frozen out of every collection, and the youngest generation is
+# collected every SERVER_GC_THRESHOLDS[0] allocations instead of 700. With
+# Python's defaults a 10,000-client connect storm spent half its CPU in full
+# collections of the connections' own objects (bench/RESULTS.md).
+SERVER_GC_THRESHOLDS = tuple(int(n) for n in env_list("SERVER_GC_THRESHOLDS", ["50000", "20", "10"]))
+if len(SERVER_GC_THRESHOLDS) != 3 or min(SERVER_GC_THRESHOLDS) < 1:
+    raise ImproperlyConfigured("SERVER_GC_THRESHOLDS must be three positive integers, like 50000,20,10.")
 
 # Agent runs.
 AGENT_RUN_TIMEOUT_SECONDS = env_float("AGENT_RUN_TIMEOUT_SECONDS", 60.0)

@@ -143,14 +143,19 @@ class NotificationConsumer(AsyncWebsocketConsumer):
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         subprotocols: list[str] = list(self.scope.get("subprotocols") or [])
         await self.accept(JWT_SUBPROTOCOL if JWT_SUBPROTOCOL in subprotocols else None)
-        if not admission.enter():
-            logger.info("WebSocket refused: %d handshakes already in progress", admission.pending)
-            await self._close(CLOSE_UNAVAILABLE, retry_after=retry_after_seconds())
+        ticket = admission.enter()
+        if ticket is None:
+            logger.info(
+                "WebSocket refused: %d handshakes in progress, the oldest for %.1fs",
+                admission.pending,
+                admission.waited_seconds(),
+            )
+            await self._close(CLOSE_UNAVAILABLE, retry_after=admission.appointment_seconds())
             return
         try:
             await self._open(subprotocols)
         finally:
-            admission.leave()
+            admission.leave(ticket)
 
     async def _open(self, subprotocols: list[str]) -> None:
         """Check the token, join the user's group, read the user and its stream, say hello, start beating."""

@@ -1,6 +1,7 @@
 """config/server.py: daphne's application checker, per event instead of per socket, keeps daphne's rules."""
 
 import asyncio
+import gc
 import logging
 import time
 from typing import Any
@@ -99,3 +100,22 @@ def test_a_stopping_server_spreads_its_clients_over_what_the_servers_admit(setti
     assert reconnect_spread_seconds(10) == 1.0  # at least a second
     assert reconnect_spread_seconds(10_000) == 10.0
     assert reconnect_spread_seconds(1_000_000) == 30.0
+
+
+@pytest.fixture
+def gc_restored() -> Any:
+    thresholds = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
+
+
+@pytest.mark.usefixtures("gc_restored")
+def test_tune_gc_freezes_what_is_loaded_and_sets_the_thresholds(settings: Any) -> None:
+    settings.SERVER_GC_THRESHOLDS = (12_345, 6, 7)
+    loaded = [object()]
+    assert any(o is loaded for o in gc.get_objects())
+    server_module.tune_gc()
+    assert gc.get_threshold() == (12_345, 6, 7)
+    assert gc.get_freeze_count() > 1000  # the modules and Django, not walked by any collection again
+    assert not any(o is loaded for o in gc.get_objects())  # frozen: in no generation a collection walks
