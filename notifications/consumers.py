@@ -39,7 +39,7 @@ from .delivery import Delivery, ResumeRefused
 from .exceptions import AuthenticationFailed, ProtocolError
 from .frames import LayerEventMessage, encode, isoformat_utc
 from .heartbeat import Heartbeats, heartbeats
-from .layers import group_add_many, new_group_channel
+from .layers import group_add_many, group_channel_receive, group_discard_many, new_group_channel
 from .protocol import BASE_PARSERS, Ack, Auth, ClientMessage, Parser, Ping, Resume, client_message_parse
 from .ratelimit import TokenBucket
 from .selectors import UserState
@@ -118,7 +118,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         delay = LAYER_RETRY_FIRST_SECONDS
         while True:
             try:
-                message: dict[str, Any] = await self.channel_layer.receive(self.channel_name)
+                message: dict[str, Any] = await group_channel_receive(self.channel_layer, self.channel_name)
                 return message
             except Exception as exc:  # Redis down or restarting; the log still delivers.
                 logger.warning("Channel layer read failed, retrying in %.1fs: %s", delay, exc)
@@ -218,7 +218,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         if self.group is not None:
             try:
                 await asyncio.wait_for(
-                    self.channel_layer.group_discard(self.group, self.channel_name),
+                    group_leaves(self.channel_layer).get((self.group, self.channel_name)),
                     timeout=LAYER_TIMEOUT_SECONDS,
                 )
             except Exception as exc:  # Membership expires by itself; nothing to lose.
@@ -467,6 +467,16 @@ def group_joins(layer: Any) -> BatchedReader[tuple[str, str], bool]:
 
     # Keyed by the layer itself, not its id: a later layer at a freed one's address must not get its reader.
     return batched_reader(("group-joins", layer), join)
+
+
+def group_leaves(layer: Any) -> BatchedReader[tuple[str, str], bool]:
+    """The running loop's batched group leaves on ``layer`` (one ``UNSUBSCRIBE`` per shard for a burst)."""
+
+    async def leave(pairs: list[tuple[str, str]]) -> dict[tuple[str, str], bool]:
+        await group_discard_many(layer, pairs)
+        return dict.fromkeys(pairs, True)
+
+    return batched_reader(("group-leaves", layer), leave)
 
 
 def _unix_to_iso(timestamp: float) -> str:

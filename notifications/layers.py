@@ -121,3 +121,68 @@ async def new_group_channel(layer: Any) -> str:
     name = f"{loop_layer.prefix}specific.{uuid.uuid4().hex}"
     loop_layer.channels[name] = asyncio.Queue()
     return name
+
+
+async def group_channel_receive(layer: Any, channel: str) -> dict[str, Any]:
+    """Receive the next message of a channel made by ``new_group_channel``.
+
+    channels-redis' pub/sub ``receive``, when cancelled (every disconnect),
+    unsubscribes the channel under its shard's lock, although this channel
+    was never subscribed: a burst of disconnects then queues on that lock
+    behind the joins and publishes, and each one cancelled again while
+    waiting logs a traceback. Here the channel's queue is read directly and
+    dropped on cancellation, with no lock and no Redis command. Other layers,
+    and a channel this process did not make, get the layer's ``receive``.
+    """
+    if not isinstance(layer, RedisPubSubChannelLayer):
+        message: dict[str, Any] = await layer.receive(channel)
+        return message
+    loop_layer = layer._get_layer()
+    queue = loop_layer.channels.get(channel)
+    if queue is None:
+        message = await layer.receive(channel)
+        return message
+    try:
+        data = await queue.get()
+    except (asyncio.CancelledError, GeneratorExit):
+        loop_layer.channels.pop(channel, None)
+        raise
+    message = layer.deserialize(data)
+    return message
+
+
+async def group_discard_many(layer: Any, pairs: Sequence[tuple[str, str]]) -> None:
+    """Remove each (group, channel) pair; on the pub/sub layer, one ``UNSUBSCRIBE`` per shard for the emptied groups.
+
+    What ``group_discard`` does for each pair, with the groups that lost
+    their last member here unsubscribed in one command per shard: a server
+    closing 10,000 sockets (a deploy) otherwise sends 10,000 commands one at
+    a time under the shard's lock. A group someone joined again while this
+    waited for the lock stays subscribed.
+    """
+    if not isinstance(layer, RedisPubSubChannelLayer):
+        await asyncio.gather(*(layer.group_discard(group, channel) for group, channel in pairs))
+        return
+    loop_layer = layer._get_layer()
+    by_shard: dict[Any, list[str]] = {}
+    for group, channel in pairs:
+        group_channel = loop_layer._get_group_channel_name(group)
+        members = loop_layer.groups.get(group_channel)
+        if not members or channel not in members:
+            continue
+        members.discard(channel)
+        if not members:
+            del loop_layer.groups[group_channel]
+            by_shard.setdefault(loop_layer._get_shard(group_channel), []).append(group_channel)
+    await asyncio.gather(*(_unsubscribe_many(loop_layer, shard, names) for shard, names in by_shard.items()))
+
+
+async def _unsubscribe_many(loop_layer: Any, shard: Any, names: list[str]) -> None:
+    async with shard._lock:  # As the shard's own unsubscribe does.
+        gone = [name for name in dict.fromkeys(names) if name in shard._subscribed_to and name not in loop_layer.groups]
+        if not gone:
+            return
+        shard._ensure_redis()
+        shard._ensure_receiver()
+        await shard._pubsub.unsubscribe(*gone)
+        shard._subscribed_to.difference_update(gone)

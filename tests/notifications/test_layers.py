@@ -14,7 +14,12 @@ from django.utils.module_loading import import_string
 from redis import asyncio as aioredis
 
 from config.redis_urls import redis_channel_layers
-from notifications.layers import group_add_many, new_group_channel
+from notifications.layers import (
+    group_add_many,
+    group_channel_receive,
+    group_discard_many,
+    new_group_channel,
+)
 from tests.conftest import SESSION_PREFIX
 from tests.servers import RedisServer, free_port, wait_for
 
@@ -158,6 +163,101 @@ async def test_a_channel_gone_before_its_batched_join_does_not_fail_the_others(s
         await layer.group_send("g2", {"type": "test.message"})
         assert await asyncio.wait_for(layer.receive(staying), timeout=TIMEOUT_SECONDS) == {"type": "test.message"}
         assert "specific.gone-already" not in str(layer._get_layer().groups)
+    finally:
+        await close(layer)
+
+
+async def subscribed_names(url: str) -> set[str]:
+    client = aioredis.Redis.from_url(url)
+    try:
+        return {name.decode() if isinstance(name, bytes) else name for name in await client.pubsub_channels()}
+    finally:
+        await client.aclose()
+
+
+async def test_a_cancelled_receive_drops_its_channel_without_waiting_for_the_shard(shards: list[RedisServer]) -> None:
+    """A disconnect in a burst must not queue on the shard's lock (held here by a join or publish)."""
+    layer = layer_for(shards[0].url, "pubsub")
+    try:
+        channel = await new_group_channel(layer)
+        receiving = asyncio.ensure_future(group_channel_receive(layer, channel))
+        await asyncio.sleep(0)
+        shard = layer._get_layer()._get_shard(channel)
+        async with shard._lock:
+            receiving.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(receiving, timeout=TIMEOUT_SECONDS)
+        assert channel not in layer._get_layer().channels
+    finally:
+        await close(layer)
+
+
+@pytest.mark.parametrize("kind", ["pubsub", "core"])
+async def test_group_channel_receive_gets_the_groups_messages(shards: list[RedisServer], kind: str) -> None:
+    layer = layer_for(shards[0].url, kind)
+    try:
+        channel = await new_group_channel(layer)
+        await group_add_many(layer, [("g", channel)])
+        await layer.group_send("g", {"type": "test.message", "n": 1})
+        message = await asyncio.wait_for(group_channel_receive(layer, channel), timeout=TIMEOUT_SECONDS)
+        assert message == {"type": "test.message", "n": 1}
+    finally:
+        await close(layer)
+
+
+@pytest.mark.parametrize("kind", ["pubsub", "core"])
+async def test_leaving_in_one_batch_unsubscribes_the_emptied_groups_only(shards: list[RedisServer], kind: str) -> None:
+    layer = layer_for(shards[0].url, kind)
+    try:
+        channels = [await new_group_channel(layer) for _ in range(21)]
+        # g0..g19 one member each; "shared" has two, of which one leaves.
+        await group_add_many(layer, [(f"g{n}", channels[n]) for n in range(20)])
+        await group_add_many(layer, [("shared", channels[0]), ("shared", channels[20])])
+        await group_discard_many(layer, [(f"g{n}", channels[n]) for n in range(20)] + [("shared", channels[0])])
+        await group_discard_many(layer, [("g0", channels[0]), ("never", channels[1])])  # not members: no-ops
+        for n in range(20):
+            await layer.group_send(f"g{n}", {"type": "test.message", "n": n})
+        await layer.group_send("shared", {"type": "test.message", "n": "shared"})
+        got = await asyncio.wait_for(group_channel_receive(layer, channels[20]), timeout=TIMEOUT_SECONDS)
+        assert got == {"type": "test.message", "n": "shared"}
+        for channel in channels[:20]:  # nothing for those that left (the shared message came after theirs)
+            assert await_nothing(layer, channel)
+        if kind == "pubsub":
+            assert await subscribed_names(shards[0].url) == {layer._get_layer()._get_group_channel_name("shared")}
+    finally:
+        await close(layer)
+
+
+def await_nothing(layer: Any, channel: str) -> bool:
+    """The channel's queue is empty (pub/sub: messages already delivered to this process are queued)."""
+    if kind_of(layer) != "pubsub":
+        return True  # the core layer has no local queue; its group membership is checked by the send above
+    queue = layer._get_layer().channels.get(channel)
+    return queue is not None and queue.empty()
+
+
+def kind_of(layer: Any) -> str:
+    return "core" if hasattr(layer, "close_pools") else "pubsub"
+
+
+async def test_a_group_joined_again_while_its_leave_waited_stays_subscribed(shards: list[RedisServer]) -> None:
+    """A user reconnecting while its old connection's leave waits for the shard must keep hearing its group."""
+    layer = layer_for(shards[0].url, "pubsub")
+    try:
+        old, new = await new_group_channel(layer), await new_group_channel(layer)
+        await group_add_many(layer, [("g", old)])
+        group_channel = layer._get_layer()._get_group_channel_name("g")
+        shard = layer._get_layer()._get_shard(group_channel)
+        async with shard._lock:  # the leave has emptied the group and waits to unsubscribe it
+            leaving = asyncio.ensure_future(group_discard_many(layer, [("g", old)]))
+            await asyncio.sleep(0)
+            joining = asyncio.ensure_future(group_add_many(layer, [("g", new)]))
+            await asyncio.sleep(0)
+        await asyncio.wait_for(asyncio.gather(leaving, joining), timeout=TIMEOUT_SECONDS)
+        assert group_channel in await subscribed_names(shards[0].url)
+        await layer.group_send("g", {"type": "test.message"})
+        got = await asyncio.wait_for(group_channel_receive(layer, new), timeout=TIMEOUT_SECONDS)
+        assert got == {"type": "test.message"}
     finally:
         await close(layer)
 
