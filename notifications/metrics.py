@@ -14,9 +14,12 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
 from django.db import close_old_connections
+from django.dispatch import receiver
 from django.utils import timezone
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -66,9 +69,21 @@ DATABASE_ERRORS = Counter(
 )
 
 
+# METRICS_ENABLED, read once: every recorder checks it, on paths taken per
+# event. A change of the setting (tests) is followed through ``setting_changed``.
+_enabled = bool(settings.METRICS_ENABLED)
+
+
 def enabled() -> bool:
     """Whether metrics are recorded and served (``METRICS_ENABLED``)."""
-    return bool(settings.METRICS_ENABLED)
+    return _enabled
+
+
+@receiver(setting_changed)
+def _setting_changed(*, setting: str, **kwargs: Any) -> None:
+    global _enabled
+    if setting == "METRICS_ENABLED":
+        _enabled = bool(settings.METRICS_ENABLED)
 
 
 class LoopHistogram(Collector):
@@ -121,43 +136,43 @@ REGISTRY.register(DELIVERY_SECONDS)
 
 
 def ws_opened() -> None:
-    if enabled():
+    if _enabled:
         WS_CONNECTS.labels("opened").inc()
         WS_OPEN.inc()
 
 
 def ws_refused(*, code: int) -> None:
-    if enabled():
+    if _enabled:
         WS_CONNECTS.labels(str(code)).inc()
 
 
 def ws_closed(*, code: int | None) -> None:
     """An opened connection ended (``None``: no close code, as for a dropped TCP connection)."""
-    if enabled():
+    if _enabled:
         WS_DISCONNECTS.labels("1006" if code is None else str(code)).inc()
         WS_OPEN.dec()
 
 
 def ws_resumed(*, truncated: bool) -> None:
-    if enabled():
+    if _enabled:
         WS_RESUMES.inc()
         if truncated:
             WS_RESUMES_TRUNCATED.inc()
 
 
 def ws_resume_refused() -> None:
-    if enabled():
+    if _enabled:
         WS_RESUMES_REFUSED.inc()
 
 
 def events_recorded(count: int) -> None:
-    if enabled() and count:
+    if _enabled and count:
         EVENTS_RECORDED.inc(count)
 
 
 def events_sent(*, count: int, failed: bool, started: float) -> None:
     """A publish of ``count`` events that began at ``started`` (``time.monotonic()``) ended."""
-    if enabled():
+    if _enabled:
         PUBLISH_SECONDS.observe(time.monotonic() - started)
         (EVENTS_PUBLISH_FAILED if failed else EVENTS_PUBLISHED).inc(count)
         if failed:
@@ -166,24 +181,24 @@ def events_sent(*, count: int, failed: bool, started: float) -> None:
 
 def event_delivered(*, created_at: float) -> None:
     """A frame of an event recorded at ``created_at`` (Unix time) went out on a socket."""
-    if enabled():
+    if _enabled:
         DELIVERY_SECONDS.observe(max(0.0, time.time() - created_at))
 
 
 def drain_batch(*, published: int, failed: int) -> None:
-    if enabled():
+    if _enabled:
         DRAIN_BATCHES.inc()
         DRAIN_PUBLISHED.inc(published)
         DRAIN_FAILED.inc(failed)
 
 
 def layer_error(*, operation: str) -> None:
-    if enabled():
+    if _enabled:
         LAYER_ERRORS.labels(operation).inc()
 
 
 def database_error(*, operation: str) -> None:
-    if enabled():
+    if _enabled:
         DATABASE_ERRORS.labels(operation).inc()
 
 

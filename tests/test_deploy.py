@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -17,7 +18,9 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
+from notifications.metrics_http import exposition
 from tests.conftest import SCRATCH_PG_URL
 from tests.scrape import scrape, value
 from tests.servers import DaphneServer, LineReader, free_port, http_request, started, wait_for
@@ -338,3 +341,19 @@ def post_json(url: str, body: dict[str, Any]) -> tuple[int, Any]:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:
         return response.status, json.loads(response.read())
+
+
+DASHBOARD = ROOT / "deploy" / "grafana-dashboard.json"
+
+
+def test_the_dashboard_graphs_every_metric_and_only_metrics_that_exist(transactional_db: None) -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = {name for expr in expressions for name in re.findall(r"\bagentstream_\w+", expr)}
+    kinds = {family.name: family.type for family in text_string_to_metric_families(exposition().decode())}
+    ours = {name: kind for name, kind in kinds.items() if name.startswith("agentstream_")}
+    suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket",)}
+    allowed = {name + suffix for name, kind in ours.items() for suffix in suffixes[kind]}
+    assert used <= allowed, used - allowed
+    assert {name for name in ours if not any(series.startswith(name) for series in used)} == set()
+    assert all(panel["datasource"]["uid"] == "${datasource}" for panel in dashboard["panels"])
