@@ -1,13 +1,15 @@
 """Who may scrape /metrics: the token, the allowed networks, localhost with debug on; on real servers too."""
 
 import secrets
+import shutil
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from notifications.metrics_http import allowed_networks, scrape_allowed
+from notifications.metrics_http import allowed_networks, exposition, scrape_allowed
 from tests.scrape import parse, value
 from tests.servers import DaphneServer, http_request
 
@@ -95,3 +97,12 @@ def test_with_metrics_off_there_is_no_endpoint(daphne_factory: Callable[..., Dap
         assert http_request(f"{server.http_url}/metrics").status == 404
     finally:
         server.stop()
+
+
+def test_promtool_finds_nothing_wrong_with_our_metric_names(transactional_db: None) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool (Debian: apt-get install prometheus) is not installed.")
+    ours = "".join(line + "\n" for line in exposition().decode().splitlines() if "agentstream_" in line)
+    result = subprocess.run([promtool, "check", "metrics"], input=ours, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
