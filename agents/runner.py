@@ -23,6 +23,7 @@ from notifications.jsonlimits import json_encoded_size
 from notifications.models import Event, EventType
 from notifications.services import aevent_record, aevents_record_if
 
+from . import metrics
 from .exceptions import AgentError, EventsUnavailable, ToolError, UnknownTool
 from .lifecycle import Lifecycle
 from .models import ACTIVE_STATUSES, AgentRun, RunStatus
@@ -172,6 +173,7 @@ class RunContext:
             )
             if records:
                 self._lifecycle.advance(EventType.AGENT_STARTED)
+                metrics.run_started()
         for record in records:
             self._observe(record)
         return bool(records)
@@ -213,6 +215,8 @@ class RunContext:
             # Written now, by whoever claimed the run first, or left to the
             # reaper: the run is over either way, and emits nothing more.
             self._lifecycle.finished = True
+            if records:
+                metrics.run_ended(outcome=outcome.kind or "completed", duration_seconds=duration_ms / 1000)
         for record in records:
             self._observe(record)
 

@@ -15,6 +15,7 @@ from notifications.jsonlimits import json_encoded_size
 from notifications.models import EventType
 from notifications.services import event_record
 
+from . import metrics
 from .exceptions import InvalidRunInput, RunFinished, RunNotFound, TooManyRuns
 from .models import ACTIVE_STATUSES, AgentRun, RunStatus
 from .registry import agent_get, agent_input_validate
@@ -126,6 +127,7 @@ def runs_reap_lost(*, grace_seconds: float) -> int:
                 },
             )
         reaped += 1
+        metrics.run_ended(outcome="lost", duration_seconds=(now - began).total_seconds())
         logger.warning("Run %s of %s was lost; ended it", run.pk, run.agent)
     return reaped
 

@@ -1,4 +1,4 @@
-"""ASGI entry point: Django for HTTP, the notifications consumer for WebSockets."""
+"""ASGI entry point: Django for HTTP (``/metrics`` before it), the notifications consumer for WebSockets."""
 
 import os
 
@@ -13,13 +13,14 @@ from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from agents.routing import websocket_urlpatterns  # noqa: E402
+from notifications.metrics_http import with_metrics  # noqa: E402
 from notifications.origin import origin_validated  # noqa: E402
 
 http_app = ASGIStaticFilesHandler(django_asgi_app) if settings.DEBUG else django_asgi_app
 
 application = ProtocolTypeRouter(
     {
-        "http": http_app,
+        "http": with_metrics(http_app),
         "websocket": origin_validated(URLRouter(websocket_urlpatterns)),
     }
 )

@@ -419,6 +419,16 @@ PRUNE_BATCH_SIZE = env_int("PRUNE_BATCH_SIZE", 1000)
 EVENTS_PAGE_MAX = env_int("EVENTS_PAGE_MAX", 500)
 EVENTS_PAGE_DEFAULT = env_int("EVENTS_PAGE_DEFAULT", 100)
 
+# Prometheus metrics (notifications/metrics.py), served at /metrics to a scrape
+# with the bearer token or from an allowed network (CIDRs), and with debug on
+# to localhost. Off: nothing is recorded, and /metrics answers 404.
+METRICS_ENABLED = env_bool("METRICS_ENABLED", True)
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+METRICS_ALLOWED_NETWORKS = env_list("METRICS_ALLOWED_NETWORKS", [])
+# drain_events serves its metrics on this port (0: not served) and address.
+DRAIN_METRICS_PORT = env_int("DRAIN_METRICS_PORT", 0)
+DRAIN_METRICS_ADDRESS = env_str("DRAIN_METRICS_ADDRESS", "127.0.0.1")
+
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 # plain: human-readable lines; json: one JSON object per line (time, level,
 # logger, message, and the access log's client, request, status and bytes).

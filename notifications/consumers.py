@@ -23,6 +23,7 @@ from channels.utils import await_many_dispatch
 from django.conf import settings
 from django.db import DatabaseError
 
+from . import metrics
 from .admission import admission, retry_after_seconds, retry_reason
 from .auth import (
     JWT_SUBPROTOCOL,
@@ -77,6 +78,9 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         self.group: str | None = None
         self.acked_seq = 0
         self.closing = False
+        # Set once hello is sent (the connection counts as open), and the close code once known.
+        self.opened = False
+        self.close_code: int | None = None
         self.strikes = 0
         self.beating: Heartbeats | None = None
         self.expiry: asyncio.TimerHandle | None = None
@@ -104,6 +108,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
                     new_group_channel(self.channel_layer), timeout=LAYER_TIMEOUT_SECONDS
                 )
             except Exception as exc:  # Any layer backend error.
+                metrics.layer_error(operation="new_channel")
                 logger.warning("Channel layer unavailable, refusing a WebSocket: %s", exc)
                 await self._refuse_unavailable(receive)
                 return
@@ -112,6 +117,8 @@ class NotificationConsumer(AsyncWebsocketConsumer):
             except StopConsumer:
                 pass
         finally:
+            if self.opened:
+                metrics.ws_closed(code=self.close_code)
             await self._beating_stop()
 
     async def _layer_receive(self) -> dict[str, Any]:
@@ -121,6 +128,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
                 message: dict[str, Any] = await group_channel_receive(self.channel_layer, self.channel_name)
                 return message
             except Exception as exc:  # Redis down or restarting; the log still delivers.
+                metrics.layer_error(operation="receive")
                 logger.warning("Channel layer read failed, retrying in %.1fs: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, LAYER_RETRY_MAX_SECONDS)
@@ -205,16 +213,21 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         )
         if self.closing:
             return
+        self.opened = True
+        metrics.ws_opened()
         self._expiry_schedule()
         self.beating = heartbeats(self.channel_layer)
         self.beating.add(self)
 
     async def _refuse_database_down(self, exc: DatabaseError) -> None:
+        metrics.database_error(operation="connect")
         logger.warning("WebSocket refused, database unavailable: %s", exc)
         await self._close(CLOSE_UNAVAILABLE, retry_after=retry_after_seconds())
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         self.closing = True
+        if self.close_code is None:
+            self.close_code = message.get("code")
         if self.group is not None:
             try:
                 await asyncio.wait_for(
@@ -222,6 +235,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
                     timeout=LAYER_TIMEOUT_SECONDS,
                 )
             except Exception as exc:  # Membership expires by itself; nothing to lose.
+                metrics.layer_error(operation="discard")
                 logger.warning("Could not leave group %s on disconnect: %s", self.group, exc)
         raise StopConsumer()
 
@@ -252,6 +266,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         except ProtocolError as exc:
             await self._send_error(exc.code, exc.detail)
         except DatabaseError as exc:
+            metrics.database_error(operation="client_message")
             logger.warning("Client message failed, database unavailable: %s", exc)
             await self._send_error("unavailable", "The server could not do that just now; try again shortly.")
 
@@ -276,7 +291,9 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         try:
             resumed = await self.delivery.resume(after)
         except ResumeRefused as exc:
+            metrics.ws_resume_refused()
             raise ProtocolError("invalid_message", str(exc)) from None
+        metrics.ws_resumed(truncated=resumed.truncated)
         await self._send({"type": "resumed", **dataclasses.asdict(resumed)})
 
     async def _ack(self, seq: int) -> None:
@@ -318,8 +335,9 @@ class NotificationConsumer(AsyncWebsocketConsumer):
             )
             return
         try:
-            await self.delivery.live(seq=message["seq"], frame=message["frame"])
+            await self.delivery.live(seq=message["seq"], frame=message["frame"], created=message.get("created"))
         except DatabaseError as exc:
+            metrics.database_error(operation="gap_fill")
             logger.warning("Gap before seq %s not filled yet, the next heartbeat will: %s", message["seq"], exc)
 
     # Heartbeat and token expiry.
@@ -347,6 +365,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
             if state.last_seq > self.delivery.sent_seq:
                 await self.delivery.catch_up()
         except DatabaseError as exc:
+            metrics.database_error(operation="heartbeat")
             logger.warning("Heartbeat could not read the log, retrying next beat: %s", exc)
         else:
             await self._send({"type": "heartbeat", "last_seq": self.delivery.sent_seq})
@@ -399,6 +418,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
                 group_joins(self.channel_layer).get((self.group, self.channel_name)), timeout=LAYER_TIMEOUT_SECONDS
             )
         except Exception as exc:  # Any layer backend error; the log still delivers.
+            metrics.layer_error(operation="join")
             logger.warning("Could not join group %s: %s", self.group, exc)
             return False
         return True
@@ -420,6 +440,9 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         if self.closing:
             return
         self.closing = True
+        self.close_code = code
+        if not self.opened:
+            metrics.ws_refused(code=code)
         await self.close(code, reason=None if retry_after is None else retry_reason(retry_after))
 
     async def _send(self, frame: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from . import metrics
 from .batching import batched_reader
 from .frames import event_frame_text
 from .models import Event
@@ -84,8 +85,8 @@ class Delivery:
         self.sent_seq = sent_seq
         self.lock = asyncio.Lock()
 
-    async def live(self, *, seq: int, frame: str) -> None:
-        """Deliver a live event, filling any gap before it from the log."""
+    async def live(self, *, seq: int, frame: str, created: float | None = None) -> None:
+        """Deliver a live event (recorded at ``created``, Unix time), filling any gap before it from the log."""
         async with self.lock:
             if seq <= self.sent_seq:
                 return
@@ -95,6 +96,8 @@ class Delivery:
                     return  # Closing, or the log read came up short; the next catch-up retries.
             if await self.send_text(frame):
                 self.sent_seq = seq
+                if created is not None:
+                    metrics.event_delivered(created_at=created)
 
     async def catch_up(self) -> int:
         """Send everything the log has beyond ``sent_seq``; return the new ``sent_seq``."""
@@ -125,13 +128,17 @@ class Delivery:
             if after == last_seq:
                 # Nothing to replay (most of a reconnect storm): a later event comes live, or at the next beat.
                 return Resumed(after=after, last_seq=after, count=0, truncated=after < pruned_seq)
-            count = await self._send_from_log()
+            count = await self._send_from_log(replay=True)
             # Read again: a prune that ran during the replay may have taken events from it.
             _, pruned_seq = await astream_positions(user_id=self.user_id)
             return Resumed(after=after, last_seq=self.sent_seq, count=count, truncated=after < pruned_seq)
 
-    async def _send_from_log(self, *, upto: int | None = None) -> int:
-        """Send the log's events after ``sent_seq`` (up to ``upto``) in batches; return how many."""
+    async def _send_from_log(self, *, upto: int | None = None, replay: bool = False) -> int:
+        """Send the log's events after ``sent_seq`` (up to ``upto``) in batches; return how many.
+
+        Their delivery latency is measured unless this is a ``replay`` (a
+        resume asks for events it may have had long ago).
+        """
         batch_size: int = settings.WS_REPLAY_BATCH_SIZE
         sent = 0
         while True:
@@ -144,5 +151,7 @@ class Delivery:
                     return sent
                 self.sent_seq = event.seq
                 sent += 1
+                if not replay:
+                    metrics.event_delivered(created_at=event.created_at.timestamp())
             if len(batch) < limit:
                 return sent

@@ -34,6 +34,7 @@ from django.db import transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
+from . import metrics
 from .models import Event, Stream
 from .services import aevents_send, publish_backoff_seconds
 
@@ -162,6 +163,7 @@ async def adrain_batch(
     }
     await database_sync_to_async(events_record)(sent=sent, failed=failed, unsent=unsent)
     result.published, result.failed, result.released = len(sent), len(failed), len(unsent)
+    metrics.drain_batch(published=result.published, failed=result.failed)
     result.failed_ids = list(failed)
     return result
 

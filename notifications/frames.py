@@ -2,7 +2,7 @@
 
 import json
 from datetime import UTC, datetime
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 from .models import Event
 
@@ -23,12 +23,15 @@ class LayerEventMessage(TypedDict):
 
     ``frame`` is the event already encoded as the client will see it, so a
     user with several connections costs one encode, not one per connection.
+    ``created`` is when the event was recorded (Unix time), for the delivery
+    latency metric; a message from an older publisher may lack it.
     """
 
     type: Literal["notification.event"]
     user_id: int
     seq: int
     frame: str
+    created: NotRequired[float]
 
 
 def isoformat_utc(moment: datetime) -> str:

@@ -26,6 +26,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
 
+from . import metrics
 from .membership import Membership
 from .selectors import UserState, user_states
 
@@ -122,6 +123,7 @@ class Heartbeats:
             states = await self.read({connection.user_id for connection, _ in members})
         except DatabaseError as exc:
             # No heartbeat frames while the database is down: the next tick of this slot tries again.
+            metrics.database_error(operation="heartbeat")
             logger.warning("Heartbeat could not read %d connections' streams: %s", len(members), exc)
             return
         now = asyncio.get_running_loop().time()

@@ -8,6 +8,7 @@ connections, which fill any gap from the log themselves.
 import asyncio
 import json
 import logging
+import time
 import uuid
 import weakref
 from collections import Counter
@@ -25,6 +26,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from . import metrics
 from .exceptions import DATABASE_UNAVAILABLE, InvalidEventData, InvalidEventType, InvalidJson
 from .frames import LayerEventMessage, event_frame_text
 from .groupcommit import EventFields, group_writer
@@ -64,6 +66,7 @@ def event_record(*, user_id: int, event: str, run_id: uuid.UUID | str, agent: st
     pending for ``drain_events`` and never raises here.
     """
     record = _event_write(user_id=user_id, event=event, run_id=run_id, agent=agent, data=data)
+    transaction.on_commit(partial(metrics.events_recorded, 1))
     transaction.on_commit(partial(event_publish, event=record))
     return record
 
@@ -107,7 +110,12 @@ async def aevents_record_if(
                 for event, data in events
             ]
 
-    records: list[Event] = await adb_write(write)()
+    try:
+        records: list[Event] = await adb_write(write)()
+    except DATABASE_UNAVAILABLE:
+        metrics.database_error(operation="record")
+        raise
+    metrics.events_recorded(len(records))
     for record in records:
         await aevent_publish(event=record)
     return records
@@ -147,12 +155,14 @@ async def aevents_send(*, events: Sequence[Event], timeout_seconds: float = PUBL
     """
     messages = [(user_group_name(event.user_id), _layer_message(event)) for event in events]
     layer = get_channel_layer()
+    started = time.monotonic()
     try:
         async with asyncio.timeout(timeout_seconds):
             if not await pubsub_publish_many(layer, messages):
                 for group, message in messages:
                     await layer.group_send(group, message)
     except Exception as exc:  # Any layer backend error: the events stay pending.
+        metrics.events_sent(count=len(events), failed=True, started=started)
         reason = f"{type(exc).__name__}: {exc}"[:LAST_ERROR_MAX_CHARS]
         first = events[0]
         logger.warning(
@@ -164,11 +174,18 @@ async def aevents_send(*, events: Sequence[Event], timeout_seconds: float = PUBL
             reason,
         )
         return reason
+    metrics.events_sent(count=len(events), failed=False, started=started)
     return None
 
 
 def _layer_message(event: Event) -> LayerEventMessage:
-    return {"type": "notification.event", "user_id": event.user_id, "seq": event.seq, "frame": event_frame_text(event)}
+    return {
+        "type": "notification.event",
+        "user_id": event.user_id,
+        "seq": event.seq,
+        "frame": event_frame_text(event),
+        "created": event.created_at.timestamp(),
+    }
 
 
 async def alayer_ping(*, timeout_seconds: float) -> None:
@@ -243,7 +260,12 @@ def _text_storable(text: str) -> bool:
 
 
 async def _aevents_write(batch: list[EventFields]) -> list[Event | Exception]:
-    results: list[Event | Exception] = await adb_write(_events_write)(batch)
+    try:
+        results: list[Event | Exception] = await adb_write(_events_write)(batch)
+    except DATABASE_UNAVAILABLE:
+        metrics.database_error(operation="record")
+        raise
+    metrics.events_recorded(sum(1 for result in results if isinstance(result, Event)))
     return results
 
 
@@ -512,6 +534,7 @@ async def _amark(func: Any, **kwargs: Any) -> None:
     try:
         await adb_write(func)(**kwargs)
     except DatabaseError as exc:  # The database is down; the drainer will retry.
+        metrics.database_error(operation="publish_outcome")
         logger.warning("Could not record the publish outcome of event(s) %s: %s", events, exc)
     except Exception:
         logger.exception("Could not record the publish outcome of event(s) %s", events)

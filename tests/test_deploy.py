@@ -2,7 +2,9 @@
 
 import json
 import os
+import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,10 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
+from notifications.metrics_http import exposition
 from tests.conftest import SCRATCH_PG_URL
-from tests.servers import DaphneServer, LineReader, free_port, started, wait_for
+from tests.scrape import scrape, value
+from tests.servers import DaphneServer, LineReader, free_port, http_request, started, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCTION_ENV = ROOT / "deploy" / "production.env.example"
@@ -150,6 +156,48 @@ def test_compose_runs_migrations_once_before_two_web_servers_and_two_drainers() 
         assert env["REDIS_URL"] == "redis://redis:6379/0"
 
 
+METRICS_TOKEN = secrets.token_urlsafe(32)
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus.yml"
+
+
+def test_compose_runs_prometheus_scraping_every_web_server_and_drainer_with_the_token() -> None:
+    services = compose()
+    prometheus = services["services"]["prometheus"]
+    assert "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+    assert prometheus["secrets"] == ["metrics_token"]
+    assert services["secrets"]["metrics_token"] == {"environment": "METRICS_TOKEN"}
+    assert prometheus["ports"] == ["127.0.0.1:9090:9090"]  # Not on every interface.
+    app = services["services"]
+    assert all(app[name]["environment"]["METRICS_TOKEN"].startswith("${METRICS_TOKEN:?") for name in ("web", "drainer"))
+    drainer_port = int(app["drainer"]["environment"]["DRAIN_METRICS_PORT"])
+    assert app["drainer"]["environment"]["DRAIN_METRICS_ADDRESS"] == "0.0.0.0"  # noqa: S104 (inside compose's network)
+    assert str(drainer_port) in app["drainer"]["expose"]
+
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"web", "drainer"}
+    for name, port in (("web", 8000), ("drainer", drainer_port)):
+        [discovery] = jobs[name]["dns_sd_configs"]
+        assert discovery["names"] == [name] and discovery["port"] == port and discovery["type"] == "A"
+        assert jobs[name]["authorization"] == {"type": "Bearer", "credentials_file": "/run/secrets/metrics_token"}
+    # The proxy, the only published port of the app, does not pass /metrics on.
+    assert "location = /metrics {\n        return 404;" in (ROOT / "deploy" / "nginx.conf").read_text()
+
+
+def test_prometheus_accepts_its_config(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip(
+            "promtool (Debian: apt-get install prometheus) is not installed; the config's shape is checked above."
+        )
+    token = tmp_path / "metrics_token"
+    token.write_text("token")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(PROMETHEUS_CONFIG.read_text().replace("/run/secrets/metrics_token", str(token)))
+    result = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_the_dockerfile_passes_hadolint() -> None:
     hadolint = Path(sys.executable).with_name("hadolint")
     result = subprocess.run([str(hadolint), str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False)
@@ -161,6 +209,7 @@ def host_env(service: dict[str, Any], *, database_url: str, redis_url: str, stat
     env = {key: str(value) for key, value in service["environment"].items()}
     env.update(
         DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
+        METRICS_TOKEN=METRICS_TOKEN,
         DATABASE_URL=database_url,
         REDIS_URL=redis_url,
         DJANGO_STATIC_ROOT=str(static_root),  # (the image collects its own)
@@ -213,14 +262,20 @@ def test_the_services_commands_run_as_written_on_the_host(
             what="the web server's health check",
         )
         assert web.poll() is None
+        assert http_request(f"http://127.0.0.1:{port}/metrics").status == 401
+        assert value(scrape(f"http://127.0.0.1:{port}", token=METRICS_TOKEN), "agentstream_pending_events") == 1
         web.send_signal(signal.SIGTERM)
         assert web.wait(timeout=15) == 0
 
-    # drainer: publishes the pending event, then stops on SIGTERM with its summary.
-    with started(on_host(service_command(services["drainer"])), env_of("drainer")) as drainer:
+    # drainer: publishes the pending event, shows it in its metrics, then stops on SIGTERM with its summary.
+    metrics_port = free_port()
+    drainer_env = {**env_of("drainer"), "DRAIN_METRICS_PORT": str(metrics_port), "DRAIN_METRICS_ADDRESS": "127.0.0.1"}
+    with started(on_host(service_command(services["drainer"])), drainer_env) as drainer:
         output = LineReader(drainer.stdout)
         output.until("Draining pending events")
         output.until("Progress: published 1")
+        samples = scrape(f"http://127.0.0.1:{metrics_port}", token=METRICS_TOKEN)
+        assert value(samples, "agentstream_drain_events_published_total") == 1
         drainer.send_signal(signal.SIGTERM)
         assert "published 1" in output.until("Done:")
         assert drainer.wait(timeout=15) == 0
@@ -286,3 +341,19 @@ def post_json(url: str, body: dict[str, Any]) -> tuple[int, Any]:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:
         return response.status, json.loads(response.read())
+
+
+DASHBOARD = ROOT / "deploy" / "grafana-dashboard.json"
+
+
+def test_the_dashboard_graphs_every_metric_and_only_metrics_that_exist(transactional_db: None) -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = {name for expr in expressions for name in re.findall(r"\bagentstream_\w+", expr)}
+    kinds = {family.name: family.type for family in text_string_to_metric_families(exposition().decode())}
+    ours = {name: kind for name, kind in kinds.items() if name.startswith("agentstream_")}
+    suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket",)}
+    allowed = {name + suffix for name, kind in ours.items() for suffix in suffixes[kind]}
+    assert used <= allowed, used - allowed
+    assert {name for name in ours if not any(series.startswith(name) for series in used)} == set()
+    assert all(panel["datasource"]["uid"] == "${datasource}" for panel in dashboard["panels"])

@@ -21,8 +21,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from notifications.metrics import PENDING_QUERY_TIMEOUT_SECONDS
 from tests.agents.conftest import assert_lifecycle
 from tests.conftest import SESSION_PREFIX
+from tests.scrape import parse, value
 from tests.servers import (
     ROOT,
     DaphneServer,
@@ -200,6 +202,41 @@ async def test_postgres_outage_gets_fast_answers_and_recovers_at_once(stack: Sta
     async with ws_connect(stack.server.ws_url, stack.token) as fresh:
         await fresh.send({"type": "ping"})
         assert await fresh.recv() == {"type": "pong"}
+
+
+async def test_a_scrape_with_postgres_down_answers_in_bound_and_says_the_pending_query_failed(
+    stack: Stack, client: Client
+) -> None:
+    up = await pending_query_back(stack)
+    await asyncio.to_thread(stack.cluster.stop)
+    async with ws_connect(stack.server.ws_url, stack.token, hello=False) as refused:
+        assert await refused.first_close_code(timeout=API_DOWN_SECONDS) == 4503
+    scrape = await stack.aget("/metrics")
+    assert scrape.status == 200 and scrape.seconds < PENDING_QUERY_TIMEOUT_SECONDS + 0.5, scrape.seconds
+    down = parse(scrape.body.decode())
+    assert value(down, "agentstream_pending_query_ok") == 0.0
+    assert ("agentstream_pending_events", ()) not in down
+    assert (
+        value(down, "agentstream_database_errors_total", operation="connect")
+        == value(up, "agentstream_database_errors_total", operation="connect") + 1
+    )
+    assert (
+        value(down, "agentstream_ws_connects_total", result="4503")
+        == value(up, "agentstream_ws_connects_total", result="4503") + 1
+    )
+    await asyncio.to_thread(stack.cluster.start)
+    await asyncio.to_thread(stack.wait_healthy, timeout=10)
+    await pending_query_back(stack)
+
+
+async def pending_query_back(stack: Stack) -> dict[Any, float]:
+    """Scrape until the pending query works again (just after an outage the pool may still be reconnecting)."""
+    async with asyncio.timeout(RECOVERY_SECONDS + PENDING_QUERY_TIMEOUT_SECONDS):
+        while True:
+            samples = parse((await stack.aget("/metrics")).body.decode())
+            if value(samples, "agentstream_pending_query_ok") == 1:
+                return samples
+            await asyncio.sleep(0.05)
 
 
 async def test_a_run_whose_events_cannot_be_written_ends_once_as_unavailable(stack: Stack, client: Client) -> None:

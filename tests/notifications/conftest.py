@@ -1,11 +1,13 @@
 """Fixtures of the notifications tests: a channel layer of each kind."""
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from notifications.services import user_group_name
 from tests.conftest import ChannelLayers
+from tests.servers import DaphneServer
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -20,3 +22,9 @@ async def member_of(layer: Any, user_id: int) -> str:
     channel: str = await layer.new_channel()
     await layer.group_add(user_group_name(user_id), channel)
     return channel
+
+
+@pytest.fixture(scope="module")
+def metrics_daphne(daphne_factory: Callable[..., DaphneServer], redis_url: str) -> DaphneServer:
+    """A server of the module's own, so that its metrics move only with the module's tests (debug on)."""
+    return daphne_factory(redis_url=redis_url)

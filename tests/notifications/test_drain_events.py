@@ -7,6 +7,7 @@ published" can be checked against "actually sent".
 
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -31,7 +32,8 @@ from notifications.drain import adrain_batch, pending_counts
 from notifications.models import Event, Stream
 from notifications.services import aevent_record, user_group_name
 from tests.conftest import SESSION_PREFIX, ChannelLayers, test_database_url
-from tests.servers import ROOT, DaphneServer, LineReader, RedisServer, free_port
+from tests.scrape import scrape, value
+from tests.servers import ROOT, DaphneServer, LineReader, RedisServer, free_port, http_request
 from tests.wsclient import access_token, ws_connect
 
 pytestmark = pytest.mark.e2e
@@ -433,3 +435,38 @@ async def test_drain_reaps_lost_runs(redis_url: str, drainers: Callable[..., Dra
     assert run.status == RunStatus.FAILED
     assert run.error == {"kind": "lost", "message": "The process running this agent stopped before the run ended."}
     assert await Event.objects.filter(run_id=run.id, event="agent_error", published_at__isnull=False).aexists()
+
+
+async def test_its_metrics_show_the_drain_to_a_scrape_with_the_token(
+    redis_url: str, drainers: Callable[..., Drainer], alice: Any
+) -> None:
+    total = await sync_to_async(pending_events)([alice.pk], 7)
+    port = free_port()
+    drainer = drainers(
+        redis_url,
+        "--min-age",
+        "0",
+        "--metrics-port",
+        str(port),
+        DJANGO_DEBUG="false",
+        DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
+        METRICS_TOKEN="drain-token",
+    )
+    drainer.wait_for_line(f"Metrics at http://127.0.0.1:{port}/metrics.")
+    url = f"http://127.0.0.1:{port}"
+    assert (await asyncio.to_thread(http_request, f"{url}/metrics")).status == 401
+    assert (await asyncio.to_thread(http_request, f"{url}/other", token="drain-token")).status == 404
+    async with asyncio.timeout(10):
+        while value(await ascrape(url), "agentstream_drain_events_published_total") < total:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    samples = await ascrape(url)
+    assert value(samples, "agentstream_drain_events_published_total") == total
+    assert value(samples, "agentstream_drain_events_failed_total") == 0
+    assert value(samples, "agentstream_pending_events") == 0
+    drainer.process.send_signal(signal.SIGTERM)
+    code, _, stderr = await asyncio.to_thread(drainer.finish)
+    assert code == 0, stderr
+
+
+async def ascrape(url: str) -> Any:
+    return await asyncio.to_thread(scrape, url, token="drain-token")

@@ -55,6 +55,7 @@ async def test_record_publishes_the_frame_to_the_users_group_only(layer: Any, al
         "user_id": alice.pk,
         "seq": 1,
         "frame": event_frame_text(event),
+        "created": event.created_at.timestamp(),
     }
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(layer.receive(theirs), timeout=0.2)

@@ -16,7 +16,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 from django.utils.module_loading import import_string
 
+from notifications import metrics
 from notifications.drain import BatchResult, adrain_batch, pending_counts
+from notifications.metrics_http import Exporter
 from notifications.services import alayer_close
 
 PROGRESS_SECONDS = 2.0
@@ -67,6 +69,17 @@ class Command(BaseCommand):
             default=settings.DRAIN_SHUTDOWN_SECONDS,
             help="On a signal, how long finishing the batch in hand may take before the command exits anyway.",
         )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=settings.DRAIN_METRICS_PORT,
+            help="Serve this process's metrics at http://ADDRESS:PORT/metrics (0: not served).",
+        )
+        parser.add_argument(
+            "--metrics-address",
+            default=settings.DRAIN_METRICS_ADDRESS,
+            help="The address the metrics are served on (0.0.0.0 for a scraper on another host).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if min(options["batch_size"], options["max_attempts"]) < 1:
@@ -80,9 +93,27 @@ class Command(BaseCommand):
             )
         hooks = [(path, import_string(path)) for path in settings.DRAIN_HOOKS]  # A bad path fails now.
         self.verbosity: int = options["verbosity"]
-        incomplete = asyncio.run(self._main(options, hooks))
+        exporter = self._exporter(options)
+        try:
+            incomplete = asyncio.run(self._main(options, hooks))
+        finally:
+            if exporter is not None:
+                exporter.stop()
         if incomplete:
             raise CommandError("Some events could not be published; they stay pending.", returncode=1)
+
+    def _exporter(self, options: dict[str, Any]) -> Exporter | None:
+        if not options["metrics_port"] or not metrics.enabled():
+            return None
+        try:
+            exporter = Exporter(address=options["metrics_address"], port=options["metrics_port"])
+        except OSError as exc:
+            raise CommandError(
+                f"Cannot serve metrics on {options['metrics_address']}:{options['metrics_port']}: {exc}"
+            ) from None
+        exporter.start()
+        self.stdout.write(f"Metrics at http://{options['metrics_address']}:{exporter.port}/metrics.")
+        return exporter
 
     async def _main(self, options: dict[str, Any], hooks: list[tuple[str, Any]]) -> bool:
         """Drain until done or stopped; print the summary; return whether --once left failures."""
@@ -151,6 +182,7 @@ class Command(BaseCommand):
             except DatabaseError as exc:
                 # Claims and records are each one short transaction: a failed one
                 # changed nothing, and events it had leased return when the lease ends.
+                metrics.database_error(operation="drain")
                 if options["once"]:
                     raise CommandError(f"The database is unavailable: {exc}", returncode=1) from None
                 self.stderr.write(f"Database unavailable, retrying in {options['poll_interval']:g}s: {exc}")
