@@ -15,7 +15,14 @@ $(VENV)/.installed: $(BIN)/python requirements.txt requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
-setup: $(VENV)/.installed
+# The official AsyncAPI parser that tests/test_asyncapi.py runs on docs/asyncapi.yaml,
+# exactly as locked (no install scripts: one dependency has a telemetry hook).
+ASYNCAPI_TOOLS := tools/asyncapi
+$(ASYNCAPI_TOOLS)/node_modules/.package-lock.json: $(ASYNCAPI_TOOLS)/package.json $(ASYNCAPI_TOOLS)/package-lock.json
+	cd $(ASYNCAPI_TOOLS) && npm ci --ignore-scripts --no-audit --no-fund --prefer-offline --loglevel=error
+	touch $@
+
+setup: $(VENV)/.installed $(ASYNCAPI_TOOLS)/node_modules/.package-lock.json
 
 run: setup
 	$(BIN)/python manage.py migrate --noinput

@@ -135,8 +135,13 @@ class GracefulServer(Server):
         autobahn's default, ``failByDrop``, drops the TCP connection instead,
         and the client sees an abnormal 1006. Runs before any connection is
         accepted, so every protocol gets it.
+
+        ``setProtocolOptions`` resets ``allowNullOrigin`` to False unless it
+        is passed, and autobahn then refuses ``Origin: null`` itself with
+        HTTP 400; daphne's True is kept so that the origin check answers it
+        with 403, as it does any other Origin it does not allow.
         """
-        self.ws_factory.setProtocolOptions(failByDrop=False)
+        self.ws_factory.setProtocolOptions(failByDrop=False, allowNullOrigin=self.ws_factory.allowNullOrigin)
         self.ws_factory.protocol = ReasonWebSocketProtocol
 
     # Daphne's periodic loops, per event instead of per socket. Stock daphne

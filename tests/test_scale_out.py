@@ -90,7 +90,7 @@ async def events_until_closed(client: Client, *, timeout: float = 15.0) -> tuple
     async with asyncio.timeout(timeout):
         try:
             while True:
-                frame = json.loads(await client.ws.recv())
+                frame = await client.frame()
                 if frame["type"] == "event":
                     frames.append(frame)
         except ConnectionClosed as exc:

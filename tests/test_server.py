@@ -10,6 +10,8 @@ import pytest
 
 from config import server as server_module
 from config.server import GracefulServer, reconnect_spread_seconds
+from tests.servers import DaphneServer
+from tests.wsclient import access_token, ws_connect
 
 
 class Protocol:
@@ -119,3 +121,14 @@ def test_tune_gc_freezes_what_is_loaded_and_sets_the_thresholds(settings: Any) -
     assert gc.get_threshold() == (12_345, 6, 7)
     assert gc.get_freeze_count() > 1000  # the modules and Django, not walked by any collection again
     assert not any(o is loaded for o in gc.get_objects())  # frozen: in no generation a collection walks
+
+
+async def test_permessage_deflate_is_never_negotiated(daphne: DaphneServer, alice: Any) -> None:
+    """The test client offers permessage-deflate (the websockets default); the server declines it."""
+    async with ws_connect(daphne.ws_url, access_token(alice)) as client:
+        assert client.ws.request is not None and client.ws.response is not None
+        assert "permessage-deflate" in client.ws.request.headers["Sec-WebSocket-Extensions"]
+        assert "Sec-WebSocket-Extensions" not in client.ws.response.headers
+        assert client.ws.protocol.extensions == []
+        await client.send({"type": "ping"})
+        assert await client.recv() == {"type": "pong"}

@@ -1,4 +1,9 @@
-"""A small test client over the ``websockets`` library, following docs/protocol.md, and its tokens."""
+"""A small test client over the ``websockets`` library, following docs/protocol.md, and its tokens.
+
+Every frame it receives, and every close, is checked against docs/asyncapi.yaml
+(tests/asyncapi.py), and so is every message it sends as a dict: a test that
+means to send an invalid message sends it as text, or passes ``checked=False``.
+"""
 
 import asyncio
 import json
@@ -12,6 +17,8 @@ from rest_framework_simplejwt.tokens import AccessToken, RefreshToken, SlidingTo
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
+
+from tests.asyncapi import contract
 
 RECV_TIMEOUT_SECONDS = 5.0
 
@@ -63,19 +70,40 @@ class Client:
         self.ws = ws
         self.heartbeats = 0
 
-    async def send(self, message: Any) -> None:
-        await self.ws.send(message if isinstance(message, str | bytes) else json.dumps(message))
+    async def send(self, message: Any, *, checked: bool = True) -> None:
+        """Send text or bytes as they are, or a dict as JSON (a documented client message, unless not ``checked``)."""
+        if isinstance(message, str | bytes):
+            await self.ws.send(message)
+            return
+        if checked:
+            contract().client_frame_check(message)
+        await self.ws.send(json.dumps(message))
+
+    async def frame(self) -> dict[str, Any]:
+        """Receive one frame, whatever it is, checked against docs/asyncapi.yaml; the caller bounds the wait.
+
+        The one place frames come in: a close is checked on its way out too.
+        """
+        try:
+            text = await self.ws.recv()
+        except ConnectionClosed as exc:
+            if exc.rcvd is not None:
+                contract().close_check(exc.rcvd.code, exc.rcvd.reason)
+            raise
+        frame = json.loads(text)
+        contract().server_frame_check(frame)
+        return frame  # type: ignore[no-any-return]
 
     async def recv(self, *, timeout: float = RECV_TIMEOUT_SECONDS, heartbeats: bool = False) -> dict[str, Any]:
         """Return the next frame, skipping heartbeats unless asked for them."""
         async with asyncio.timeout(timeout):
             while True:
-                frame = json.loads(await self.ws.recv())
+                frame = await self.frame()
                 if frame["type"] == "heartbeat":
                     self.heartbeats += 1
                     if not heartbeats:
                         continue
-                return frame  # type: ignore[no-any-return]
+                return frame
 
     async def expect(self, kind: str, *, timeout: float = RECV_TIMEOUT_SECONDS) -> dict[str, Any]:
         frame = await self.recv(timeout=timeout, heartbeats=kind == "heartbeat")
@@ -125,7 +153,7 @@ class Client:
         async with asyncio.timeout(timeout):
             try:
                 while True:
-                    frame = json.loads(await self.ws.recv())
+                    frame = await self.frame()
                     assert frame["type"] == "heartbeat", f"expected a close, got {frame}"
             except ConnectionClosed as exc:
                 return (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd is not None else (None, "")
@@ -134,7 +162,7 @@ class Client:
         """Expect a close before any frame at all; return its code."""
         async with asyncio.timeout(timeout):
             try:
-                frame = await self.ws.recv()
+                frame = await self.frame()
             except ConnectionClosed as exc:
                 return exc.rcvd.code if exc.rcvd is not None else None
         raise AssertionError(f"expected a close before any frame, got {frame!r}")

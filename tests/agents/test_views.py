@@ -44,12 +44,76 @@ async def test_start_returns_201_and_the_run_completes(alice: Any) -> None:
     assert response.status_code == 201
     body = response.json()
     assert body["agent"] == "calculator" and body["status"] == "queued" and body["input"] == {"expression": "2*(3+4)"}
-    assert body["timeout_seconds"] == 60.0
+    assert body["timeout_seconds"] == 60.0 and b'"timeout_seconds":60.0,' in response.content
     await asyncio.wait_for(supervisor.join(uuid.UUID(body["id"])), timeout=10)
     detail = (await client_for(alice).get(f"/api/runs/{body['id']}/")).json()
     assert detail["status"] == "completed" and detail["result"] == 14 and detail["error"] is None
     assert detail["duration_ms"] >= 0 and detail["finished_at"].endswith("Z")
     assert_lifecycle(await sync_to_async(run_events)(body["id"]))
+
+
+async def test_run_input_comes_back_with_its_defaults_and_timeout_seconds_as_a_float(alice: Any) -> None:
+    response = await client_for(alice).post("/api/runs/", {"agent": "demo", "timeout": 5})
+    assert response.status_code == 201
+    # The raw JSON, as a client in another language reads it.
+    assert b'"input":{"steps":1,"delay":0.05,"fail":false}' in response.content
+    assert b'"timeout_seconds":5.0,' in response.content
+    run_id = response.json()["id"]
+    await asyncio.wait_for(supervisor.join(uuid.UUID(run_id)), timeout=10)
+    detail = await client_for(alice).get(f"/api/runs/{run_id}/")
+    assert b'"timeout_seconds":5.0,' in detail.content
+    assert detail.json()["input"] == {"steps": 1, "delay": 0.05, "fail": False}
+    events = await sync_to_async(run_events)(run_id)
+    assert events[0] == ("agent_started", {"input": {"steps": 1, "delay": 0.05, "fail": False}})
+
+
+async def test_a_bad_start_body_details_its_fields(alice: Any) -> None:
+    missing = await client_for(alice).post("/api/runs/", {"input": {}})
+    assert missing.status_code == 400
+    assert missing.json() == {"code": "invalid_message", "detail": {"agent": ["This field is required."]}}
+
+
+LIMIT_RANGE = ["Ensure this value is greater than or equal to 1.", "Ensure this value is less than or equal to 200."]
+NOT_AN_INTEGER = ["A valid integer is required."]
+NOT_A_DATETIME = [
+    "Datetime has wrong format. Use one of these formats instead: YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z]."
+]
+
+
+@pytest.mark.parametrize(
+    ("query", "errors"),
+    [
+        ("limit=0", {"limit": LIMIT_RANGE[:1]}),
+        ("limit=201", {"limit": LIMIT_RANGE[1:]}),
+        ("limit=abc", {"limit": NOT_AN_INTEGER}),
+        ("limit=1.5", {"limit": NOT_AN_INTEGER}),
+        ("before=yesterday", {"before": NOT_A_DATETIME}),
+        # An unencoded "+" is a space in a query string: the offset must be sent as %2B (or use Z).
+        ("before=2026-11-21T19:55:38+00:00", {"before": NOT_A_DATETIME}),
+        ("limit=0&before=x", {"limit": LIMIT_RANGE[:1], "before": NOT_A_DATETIME}),
+    ],
+)
+async def test_bad_run_list_queries_are_400_with_field_errors(alice: Any, query: str, errors: Any) -> None:
+    response = await client_for(alice).get(f"/api/runs/?{query}")
+    assert (response.status_code, response.json()) == (400, errors)
+
+
+async def test_run_list_pages_back_with_before(alice: Any) -> None:
+    ids = []
+    for _ in range(3):
+        response = await client_for(alice).post("/api/runs/", {"agent": "test_hangs", "timeout": 30})
+        ids.append(response.json()["id"])
+    newest_first = (await client_for(alice).get("/api/runs/?limit=2")).json()["results"]
+    assert [run["id"] for run in newest_first] == ids[:0:-1]
+    before = newest_first[-1]["created_at"]
+    older = {
+        form: (await client_for(alice).get(f"/api/runs/?before={form}")).json()["results"]
+        for form in (before, before.replace("Z", "%2B00:00"))
+    }
+    assert [[run["id"] for run in runs] for runs in older.values()] == [ids[:1], ids[:1]]
+    # Empty values count as absent: the default limit, no before.
+    everything = (await client_for(alice).get("/api/runs/?limit=&before=")).json()["results"]
+    assert [run["id"] for run in everything] == ids[::-1]
 
 
 async def test_bad_starts_are_400_429_with_a_code(alice: Any, settings: Any) -> None:

@@ -117,9 +117,11 @@ async def test_token_in_url_is_never_read(daphne: DaphneServer, alice: Any) -> N
         assert await client.first_close_code() == 4401
 
 
-async def test_foreign_origin_is_refused_at_handshake(daphne: DaphneServer, alice: Any) -> None:
+# "null" is what a sandboxed iframe or a file:// page sends; file:// is what older Chromium sent.
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", "file://", "http://localhost.evil.example"])
+async def test_foreign_origin_is_refused_at_handshake(daphne: DaphneServer, alice: Any, origin: str) -> None:
     with pytest.raises(InvalidStatus) as refused:
-        async with ws_connect(daphne.ws_url, access_token(alice), origin="http://evil.example", hello=False):
+        async with ws_connect(daphne.ws_url, access_token(alice), origin=origin, hello=False):
             pass
     assert refused.value.response.status_code == 403
 

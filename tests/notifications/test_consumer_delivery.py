@@ -24,6 +24,10 @@ async def emit(user_id: int, count: int, *, run_id: uuid.UUID | None = None, eve
         )
 
 
+def of_run_events(frames: list[dict[str, Any]], run_id: str) -> list[dict[str, Any]]:
+    return [frame for frame in frames if frame["type"] == "event" and frame["run_id"] == run_id]
+
+
 def assert_in_order(events: list[dict[str, Any]], first: int, last: int) -> None:
     assert [e["seq"] for e in events] == list(range(first, last + 1))
 
@@ -123,6 +127,43 @@ async def test_resume_from_zero_replays_everything_even_if_already_sent(daphne: 
         await client.send({"type": "resume", "after": 0})
         assert_in_order(await client.events(3), 1, 3)
         assert await client.recv() == {"type": "resumed", "after": 0, "last_seq": 3, "count": 3, "truncated": False}
+
+
+async def test_replies_come_in_the_order_of_the_requests(daphne: DaphneServer, alice: Any) -> None:
+    """Messages sent back to back, unanswered, are handled one at a time: each reply before the next message's."""
+    await emit(alice.pk, 3)
+    async with ws_connect(daphne.ws_url, access_token(alice)) as client:
+        await client.send({"type": "ping", "ref": 1})
+        await client.send({"type": "resume", "after": 1})
+        await client.send("{not json")
+        await client.send({"type": "ack", "seq": 3})  # (no reply)
+        await client.send({"type": "auth", "token": access_token(alice)})
+        await client.send({"type": "run.start", "agent": "demo", "input": {"delay": 0}})
+        await client.send('{"type": "nope"}')
+        await client.send({"type": "ping", "ref": 2})
+        frames = []
+        while (frame := await client.recv()) != {"type": "pong", "ref": 2}:
+            frames.append(frame)
+        accepted = next(frame["run_id"] for frame in frames if frame["type"] == "run.accepted")
+        # The run's own events are not replies: they may come in between, but only after run.accepted.
+        of_run = [f["type"] for f in frames if f.get("run_id") == accepted]
+        assert of_run[0] == "run.accepted" and set(of_run[1:]) <= {"event"}
+        replies = [
+            (f["type"], f.get("seq") or f.get("code")) for f in frames if f not in of_run_events(frames, accepted)
+        ]
+        assert replies == [
+            ("pong", None),
+            ("event", 2),
+            ("event", 3),
+            ("resumed", None),
+            ("error", "invalid_json"),
+            ("auth.ok", None),
+            ("run.accepted", None),
+            ("error", "unknown_type"),
+        ]
+        # Let the run end here, not under the next test.
+        while not any(frame["event"] == "agent_completed" for frame in of_run_events(frames, accepted)):
+            frames += await client.events(1)
 
 
 async def test_resume_past_the_end_is_refused(daphne: DaphneServer, alice: Any) -> None:
