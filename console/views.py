@@ -55,7 +55,7 @@ class ApiDocsView(SpectacularSwaggerSplitView):
 
     @extend_schema(exclude=True)
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        response: Response = super().get(request, *args, **kwargs)
+        response: Response = super().get(request, *args, **kwargs)  # type: ignore[no-untyped-call]
         response["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
         response["Referrer-Policy"] = "same-origin"
         return response

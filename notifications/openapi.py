@@ -34,7 +34,7 @@ class FieldErrorsSerializer(serializers.Serializer):  # type: ignore[type-arg]
     """Stands for ``FIELD_ERRORS_SCHEMA`` in the schema (``FieldErrorsExtension``)."""
 
 
-class FieldErrorsExtension(OpenApiSerializerExtension):
+class FieldErrorsExtension(OpenApiSerializerExtension):  # type: ignore[no-untyped-call]
     target_class = FieldErrorsSerializer
 
     def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
@@ -106,7 +106,7 @@ class EventFrameSerializer(serializers.Serializer):  # type: ignore[type-arg]
     run_id = serializers.UUIDField()
     agent = serializers.CharField(min_length=1, max_length=100)
     created_at = serializers.DateTimeField()
-    data = serializers.DictField()
+    data = serializers.DictField()  # type: ignore[assignment]  # The field is named data, as in the frame.
 
 
 class EventPageSerializer(serializers.Serializer):  # type: ignore[type-arg]
