@@ -4,16 +4,29 @@ import uuid
 from typing import Any
 
 from asgiref.sync import async_to_sync
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from notifications.frames import isoformat_utc
+from notifications.openapi import QUERY_INVALID, RATE_LIMITED, RETRY_AFTER, UNAUTHENTICATED, UNAVAILABLE
 from notifications.throttles import WriteRateThrottle
 
 from .exceptions import RunFinished, RunNotFound, RunRefused, TooManyRuns
 from .models import AgentRun
+from .openapi import (
+    RUN_FINISHED,
+    RUN_NOT_FOUND,
+    RUN_REFUSED,
+    RUN_START_EXAMPLE,
+    RUN_START_LIMITED,
+    AgentSerializer,
+    RunPageSerializer,
+    RunSerializer,
+    RunStartSerializer,
+)
 from .registry import agents_all
 from .selectors import run_get, runs_for_user
 from .services import arun_cancel, arun_start
@@ -45,7 +58,16 @@ def error(code: str, detail: str, http_status: int) -> Response:
     return Response({"code": code, "detail": detail}, status=http_status)
 
 
+RUN_ID = OpenApiParameter("run_id", {"type": "string", "format": "uuid"}, OpenApiParameter.PATH)
+
+
 class AgentListView(APIView):
+    @extend_schema(
+        operation_id="agents_list",
+        summary="The agents a run can start",
+        responses={200: AgentSerializer(many=True), 401: UNAUTHENTICATED, 503: UNAVAILABLE},
+        tags=["agents"],
+    )
     def get(self, request: Request) -> Response:
         return Response(
             [
@@ -71,6 +93,22 @@ class RunListView(APIView):
     throttle_classes = [WriteRateThrottle]  # Starting runs, per user: THROTTLE_RUNS_RATE.
     throttle_scope = "runs"
 
+    @extend_schema(
+        operation_id="runs_list",
+        summary="The caller's runs, newest first",
+        description=(
+            "Pages back by time, not by number: pass the `created_at` of the last run of a page as `before` "
+            "to get the runs created before it. There is no `next` link; a page shorter than `limit` is the last."
+        ),
+        parameters=[
+            OpenApiParameter("limit", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}),
+            OpenApiParameter(
+                "before", {"type": "string", "format": "date-time"}, description="Only runs created before this."
+            ),
+        ],
+        responses={200: RunPageSerializer, 400: QUERY_INVALID, 401: UNAUTHENTICATED, 503: UNAVAILABLE},
+        tags=["runs"],
+    )
     def get(self, request: Request) -> Response:
         """The caller's runs, newest first; ``before`` (a created_at) pages back."""
         query = RunsQuery(data=request.query_params)
@@ -80,6 +118,24 @@ class RunListView(APIView):
         )
         return Response({"results": [run_payload(run) for run in runs]})
 
+    @extend_schema(
+        operation_id="runs_create",
+        summary="Start a run of an agent",
+        description="The run's events follow on the WebSocket and in `GET /api/events/?run=`.",
+        request={"application/json": RunStartSerializer},
+        responses={
+            201: RunSerializer,
+            400: RUN_REFUSED,
+            401: UNAUTHENTICATED,
+            429: RUN_START_LIMITED,
+            503: OpenApiResponse(
+                UNAVAILABLE.response, description="The database is unavailable, or the server is shutting down."
+            ),
+        },
+        parameters=[RETRY_AFTER],
+        examples=[RUN_START_EXAMPLE],
+        tags=["runs"],
+    )
     def post(self, request: Request) -> Response:
         body = RunStartBody(data=request.data)
         if not body.is_valid():
@@ -103,6 +159,13 @@ class RunListView(APIView):
 
 
 class RunDetailView(APIView):
+    @extend_schema(
+        operation_id="runs_retrieve",
+        summary="One of the caller's runs",
+        parameters=[RUN_ID],
+        responses={200: RunSerializer, 401: UNAUTHENTICATED, 404: RUN_NOT_FOUND, 503: UNAVAILABLE},
+        tags=["runs"],
+    )
     def get(self, request: Request, run_id: uuid.UUID) -> Response:
         run = run_get(user_id=_user_id(request), run_id=run_id)
         if run is None:
@@ -114,6 +177,22 @@ class RunCancelView(APIView):
     throttle_classes = [WriteRateThrottle]
     throttle_scope = "runs"
 
+    @extend_schema(
+        operation_id="runs_cancel",
+        summary="Ask a run to stop",
+        description="202 with the run: the cancel is on its way, and the run's `agent_error` (cancelled) follows.",
+        request=None,
+        parameters=[RUN_ID, RETRY_AFTER],
+        responses={
+            202: RunSerializer,
+            401: UNAUTHENTICATED,
+            404: RUN_NOT_FOUND,
+            409: RUN_FINISHED,
+            429: RATE_LIMITED,
+            503: UNAVAILABLE,
+        },
+        tags=["runs"],
+    )
     def post(self, request: Request, run_id: uuid.UUID) -> Response:
         """Ask the run to stop: 202 with the run; its agent_error (cancelled) follows as an event."""
         try:

@@ -113,6 +113,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework_simplejwt.token_blacklist",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "notifications",
     "agents",
@@ -272,6 +274,7 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.MultiPartParser",
     ],
     "DEFAULT_PAGINATION_CLASS": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "notifications.throttles.api_exception_handler",
     # Rates per client address (sign-in, refresh) or per user (starting and cancelling runs).
     "DEFAULT_THROTTLE_RATES": {
@@ -306,6 +309,27 @@ CACHES = {
         if CACHE_REDIS_URL
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
     )
+}
+# The OpenAPI schema (/api/schema/) and its Swagger UI (/api/docs/): public, like the
+# protocol document; the UI's assets are this project's own static files (the sidecar).
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Agent events API",
+    "DESCRIPTION": "The REST half of the service; the WebSocket protocol is in docs/protocol.md.",
+    "VERSION": "1.0.0",
+    "SCHEMA_PATH_PREFIX": "/api/",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {"RunStatus": "agents.models.RunStatus", "EventType": "notifications.models.EventType"},
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"persistAuthorization": False, "displayOperationId": True},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "notifications.openapi.query_empty_is_absent",
+        "agents.openapi.run_links",
+    ],
 }
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(seconds=env_int("JWT_ACCESS_LIFETIME_SECONDS", 300)),

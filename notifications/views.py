@@ -9,6 +9,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -16,6 +17,7 @@ from rest_framework.views import APIView
 
 from .frames import event_frame
 from .models import EventType
+from .openapi import QUERY_INVALID, UNAUTHENTICATED, UNAVAILABLE, EventPageSerializer
 from .selectors import events_after, events_pending_summary
 from .services import alayer_ping
 
@@ -43,6 +45,33 @@ class EventListView(APIView):
     null when this page reached the end of the log.
     """
 
+    @extend_schema(
+        operation_id="events_list",
+        summary="The caller's events, in seq order, a page at a time",
+        description=(
+            "Events with `seq > after`, oldest first. Pages are keyed by seq, not numbered: `next` is this "
+            "query with `after` set to the last seq returned and `limit` set, or null when the page reached "
+            "the end of the log. Unknown parameters are ignored."
+        ),
+        parameters=[
+            OpenApiParameter(
+                "after",
+                {"type": "integer", "minimum": 0, "default": 0},
+                description="Return events with `seq` above this.",
+            ),
+            OpenApiParameter(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": settings.EVENTS_PAGE_MAX},
+                description=f"Events per page (`EVENTS_PAGE_DEFAULT`, {settings.EVENTS_PAGE_DEFAULT}, if absent).",
+            ),
+            OpenApiParameter("run", {"type": "string", "format": "uuid"}, description="Only this run's events."),
+            OpenApiParameter(
+                "event", {"type": "string", "enum": list(EventType.values)}, description="Only events of this type."
+            ),
+        ],
+        responses={200: EventPageSerializer, 400: QUERY_INVALID, 401: UNAUTHENTICATED, 503: UNAVAILABLE},
+        tags=["events"],
+    )
     def get(self, request: Request) -> Response:
         query = EventsQuery(data=request.query_params)
         query.is_valid(raise_exception=True)

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from config.redis_urls import redis_channel_layers
-from tests.servers import ROOT, DaphneServer, PostgresCluster, RedisServer, database_url, postgres_bindir
+from tests.servers import ROOT, DaphneServer, PostgresCluster, RedisServer, database_url, http_request, postgres_bindir
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -373,6 +373,42 @@ def server_log_clean(daphne: DaphneServer) -> Iterator[None]:
     mark = daphne.log_size()
     yield
     daphne.assert_log_clean(since=mark)
+
+
+# The OpenAPI schema.
+
+
+@pytest.fixture(scope="session")
+def openapi_schema() -> dict[str, Any]:
+    """The schema as ``/api/schema/`` serves it, in JSON."""
+    response = Client().get("/api/schema/?format=json")
+    assert response.status_code == 200, response.content
+    schema: dict[str, Any] = response.json()
+    return schema
+
+
+@pytest.fixture
+def api_fuzz_server(
+    daphne_factory: Callable[..., DaphneServer], redis_url: str, make_user: Callable[..., Any]
+) -> Iterator[tuple[DaphneServer, str]]:
+    """A server of its own for schemathesis, and an access token of a user who signed in to it.
+
+    The server is stopped when the test ends, before its user is deleted:
+    runs the test started are cancelled by its shutdown, not left to fail.
+    """
+    user = make_user("fuzzer")
+    user.set_password("fuzzer password")
+    user.save()
+    # The access token outlives the run (the factory lifts the rate limits).
+    server = daphne_factory(redis_url=redis_url, JWT_ACCESS_LIFETIME_SECONDS="900")
+    try:
+        answer = http_request(
+            server.http_url + "/api/auth/token/", body={"username": "fuzzer", "password": "fuzzer password"}
+        )
+        assert answer.status == 200, answer.body
+        yield server, answer.json()["access"]
+    finally:
+        server.stop()
 
 
 # Users.

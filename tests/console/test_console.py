@@ -272,7 +272,10 @@ def test_log_out_ends_the_session_here_and_on_the_server(
     console.login("alice")
     refresh = console.page.evaluate("() => sessionStorage.getItem('console.refresh')")
     assert refresh
-    console.page.get_by_role("button", name="Log out").click()
+    # The page signs out at once and blacklists the token in the background: wait for the server's answer.
+    with console.page.expect_response(lambda r: r.url.endswith("/api/auth/token/blacklist/")) as blacklisted:
+        console.page.get_by_role("button", name="Log out").click()
+    assert blacklisted.value.status == 200
     console.expect_state("signed-out")
     expect(console.page.get_by_role("heading", name="Sign in")).to_be_visible()
     assert console.page.evaluate("() => sessionStorage.length") == 0
