@@ -140,8 +140,17 @@ class GracefulServer(Server):
         is passed, and autobahn then refuses ``Origin: null`` itself with
         HTTP 400; daphne's True is kept so that the origin check answers it
         with 403, as it does any other Origin it does not allow.
+
+        After a close frame is sent, the client has ``WS_CLOSE_HANDSHAKE_SECONDS``
+        (autobahn: 1) to answer before the connection is dropped: a client still
+        reading the frames queued before the close (a flood closed with 4429,
+        a long replay) would otherwise lose the close code and see 1006.
         """
-        self.ws_factory.setProtocolOptions(failByDrop=False, allowNullOrigin=self.ws_factory.allowNullOrigin)
+        self.ws_factory.setProtocolOptions(
+            failByDrop=False,
+            allowNullOrigin=self.ws_factory.allowNullOrigin,
+            closeHandshakeTimeout=settings.WS_CLOSE_HANDSHAKE_SECONDS,
+        )
         self.ws_factory.protocol = ReasonWebSocketProtocol
 
     # Daphne's periodic loops, per event instead of per socket. Stock daphne

@@ -396,6 +396,9 @@ SERVER_LISTEN_BACKLOG = env_int("SERVER_LISTEN_BACKLOG", 4096)
 # how often the server pings each WebSocket to find peers that vanished.
 SERVER_TIMEOUT_CHECK_SECONDS = env_float("SERVER_TIMEOUT_CHECK_SECONDS", 5.0)
 WS_PING_SECONDS = env_int("WS_PING_SECONDS", 60)
+# After the server sends a close frame, how long the client has to answer it
+# (reading whatever was queued before it) before the connection is dropped.
+WS_CLOSE_HANDSHAKE_SECONDS = env_float("WS_CLOSE_HANDSHAKE_SECONDS", 5.0)
 # The server's garbage collector (config/server.py, tune_gc): what is loaded at
 # start is frozen out of every collection, and the youngest generation is
 # collected every SERVER_GC_THRESHOLDS[0] allocations instead of 700. With

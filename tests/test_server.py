@@ -132,3 +132,16 @@ async def test_permessage_deflate_is_never_negotiated(daphne: DaphneServer, alic
         assert client.ws.protocol.extensions == []
         await client.send({"type": "ping"})
         assert await client.recv() == {"type": "pong"}
+
+
+def test_websocket_options_keep_null_origins_to_the_origin_check_and_give_closes_time(settings: Any) -> None:
+    from autobahn.twisted.websocket import WebSocketServerFactory
+
+    settings.WS_CLOSE_HANDSHAKE_SECONDS = 7.5
+    server = GracefulServer(application=None, endpoints=["tcp:port=0:interface=127.0.0.1"])
+    server.ws_factory = WebSocketServerFactory()
+    server.ws_factory.setProtocolOptions(allowNullOrigin=True)  # as daphne's run() sets it
+    server._close_frames_on_failure()
+    factory = server.ws_factory
+    assert (factory.failByDrop, factory.allowNullOrigin, factory.closeHandshakeTimeout) == (False, True, 7.5)
+    assert factory.protocol is server_module.ReasonWebSocketProtocol
