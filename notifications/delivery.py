@@ -24,6 +24,9 @@ from .selectors import EventsAfter, events_after_many, streams_positions
 
 logger = logging.getLogger(__name__)
 
+# Asks answered by one read: each may return a replay batch (WS_REPLAY_BATCH_SIZE events).
+EVENTS_AFTER_MAX_ASKS = 100
+
 
 def _events_after(asks: list[EventsAfter]) -> dict[EventsAfter, list[Event]]:
     return events_after_many(asks=asks)
@@ -40,19 +43,26 @@ _aevents_after = database_sync_to_async(_events_after, thread_sensitive=False)
 _apositions = database_sync_to_async(_positions, thread_sensitive=False)
 
 
-async def aevents_after(*, user_id: int, after: int, limit: int) -> list[Event]:
-    """Up to ``limit`` of the user's events with seq above ``after``, in seq order, read after this call."""
+async def aevents_after(*, user_id: int, after: int, limit: int, batched: bool = True) -> list[Event]:
+    """Up to ``limit`` of the user's events with seq above ``after``, in seq order, read after this call.
+
+    Batched, the read waits for the one in progress and shares the next: right
+    for a storm of resumes, wrong for a live event held back by a gap, whose
+    latency it doubled at 2,000 events/s (bench/RESULTS.md). ``batched=False``
+    reads at once, side by side with others in the thread pool.
+    """
+    ask = (user_id, after, limit)
+    if not batched:
+        found: dict[EventsAfter, list[Event]] = await _aevents_after([ask])
+        return found[ask]
     reader = batched_reader("events-after", _aevents_after, max_keys=EVENTS_AFTER_MAX_ASKS)
-    return await reader.get((user_id, after, limit)) or []
+    return await reader.get(ask) or []
 
 
 async def astream_positions(*, user_id: int) -> tuple[int, int]:
     """The user's newest seq and the highest seq retention deleted (0, 0 with no stream), read after this call."""
     return await batched_reader("stream-positions", _apositions).get(user_id) or (0, 0)
 
-
-# Asks answered by one read: each may return a replay batch (WS_REPLAY_BATCH_SIZE events).
-EVENTS_AFTER_MAX_ASKS = 100
 
 SendText = Callable[[str], Awaitable[bool]]
 
@@ -145,7 +155,8 @@ class Delivery:
             limit = batch_size if upto is None else min(batch_size, upto - self.sent_seq)
             if limit <= 0:
                 return sent
-            batch = await aevents_after(user_id=self.user_id, after=self.sent_seq, limit=limit)
+            # A gap before a live event (``upto``) is filled at once; replays and catch-ups share reads.
+            batch = await aevents_after(user_id=self.user_id, after=self.sent_seq, limit=limit, batched=upto is None)
             for event in batch:
                 if not await self.send_text(event_frame_text(event)):
                     return sent

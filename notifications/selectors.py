@@ -70,13 +70,8 @@ def events_after_many(*, asks: Collection[EventsAfter]) -> dict[EventsAfter, lis
     return found
 
 
-def stream_positions(*, user_id: int) -> tuple[int, int]:
-    """Return the user's newest seq and the highest seq retention deleted (0, 0 with no stream)."""
-    return streams_positions(user_ids=[user_id]).get(user_id, (0, 0))
-
-
 def streams_positions(*, user_ids: Collection[int]) -> dict[int, tuple[int, int]]:
-    """``stream_positions`` of many users in one query; a user without a stream is left out."""
+    """Each user's newest seq and highest pruned seq, in one query; a user without a stream is left out."""
     rows = Stream.objects.filter(pk__in=user_ids).values_list("pk", "last_seq", "pruned_seq")
     return {int(pk): (int(last_seq), int(pruned_seq)) for pk, last_seq, pruned_seq in rows}
 

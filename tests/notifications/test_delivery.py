@@ -7,6 +7,7 @@ per connection.
 """
 
 import asyncio
+import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -104,3 +105,34 @@ async def test_concurrent_catch_ups_share_reads_and_send_each_event_once(
     assert [f.seqs() for f in frames] == [list(range(1, n + 2)) for n in range(USERS)]
     # Batches of 4: the longest stream (12) takes 4 rounds, each one read for every connection still reading.
     assert counted_reads["events"] <= 5 + 1
+
+
+async def test_a_gap_before_a_live_event_is_filled_at_once_not_behind_a_batched_read(
+    make_user: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live event's latency must not wait for a storm's replay read that is under way."""
+    users = await users_with_events(make_user)
+    slow, live = users[-1], users[2]  # 12 events, and 3
+    release, entered = threading.Event(), threading.Event()
+
+    def events(*, asks: Any) -> Any:
+        if any(user_id == slow.pk for user_id, _, _ in asks):
+            entered.set()
+            assert release.wait(timeout=10), "the test never released the slow read"
+        return events_after_many(asks=asks)
+
+    monkeypatch.setattr(delivery_module, "events_after_many", events)
+    replaying = Delivery(user_id=slow.pk, send_text=Frames(), sent_seq=0)
+    frames = Frames()
+    behind = Delivery(user_id=live.pk, send_text=frames, sent_seq=0)
+    catching_up = asyncio.ensure_future(replaying.catch_up())
+    try:
+        async with asyncio.timeout(10):
+            await asyncio.to_thread(entered.wait, 10)
+            await behind.live(seq=3, frame='{"seq":3}')  # 1 and 2 come from the log first
+            assert frames.seqs() == [1, 2, 3]
+            assert not catching_up.done()  # the slow read is still under way
+    finally:
+        release.set()
+        async with asyncio.timeout(10):
+            assert await catching_up == USERS
