@@ -47,9 +47,10 @@ async def aevents_after(*, user_id: int, after: int, limit: int, batched: bool =
     """Up to ``limit`` of the user's events with seq above ``after``, in seq order, read after this call.
 
     Batched, the read waits for the one in progress and shares the next: right
-    for a storm of resumes, wrong for a live event held back by a gap, whose
-    latency it doubled at 2,000 events/s (bench/RESULTS.md). ``batched=False``
-    reads at once, side by side with others in the thread pool.
+    for a storm of resumes, wrong for the reads live events wait on (a gap, a
+    heartbeat's catch-up), whose p99 latency it more than doubled at 2,000
+    events/s (bench/RESULTS.md). ``batched=False`` reads at once, side by side
+    with others in the thread pool.
     """
     ask = (user_id, after, limit)
     if not batched:
@@ -155,8 +156,9 @@ class Delivery:
             limit = batch_size if upto is None else min(batch_size, upto - self.sent_seq)
             if limit <= 0:
                 return sent
-            # A gap before a live event (``upto``) is filled at once; replays and catch-ups share reads.
-            batch = await aevents_after(user_id=self.user_id, after=self.sent_seq, limit=limit, batched=upto is None)
+            # A resume's replay shares reads with the others of a storm; a catch-up or a gap before a
+            # live event holds the delivery lock, so live events would wait behind the queue: read at once.
+            batch = await aevents_after(user_id=self.user_id, after=self.sent_seq, limit=limit, batched=replay)
             for event in batch:
                 if not await self.send_text(event_frame_text(event)):
                     return sent
