@@ -19,7 +19,7 @@ from django.utils.module_loading import import_string
 from notifications import metrics
 from notifications.drain import BatchResult, adrain_batch, pending_counts
 from notifications.metrics_http import Exporter
-from notifications.services import alayer_close
+from notifications.services import aconnections_close
 
 PROGRESS_SECONDS = 2.0
 CLOSE_TIMEOUT_SECONDS = 2.0
@@ -149,7 +149,7 @@ class Command(BaseCommand):
                 still = f"still pending {pending} ({stuck} stuck at {limit}+ attempts)"
                 self.stdout.write(f"Done: {totals.line()}; {still}.")
             try:
-                await asyncio.wait_for(alayer_close(), timeout=CLOSE_TIMEOUT_SECONDS)
+                await asyncio.wait_for(aconnections_close(), timeout=CLOSE_TIMEOUT_SECONDS)
             except Exception as exc:  # The process is ending; its sockets close with it.
                 self.stderr.write(f"Could not close the channel layer cleanly: {exc!r}")
         finally:
