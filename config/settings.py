@@ -433,7 +433,8 @@ AGENT_LOST_GRACE_SECONDS = env_float("AGENT_LOST_GRACE_SECONDS", 60.0)
 SHUTDOWN_HOOKS = env_list("SHUTDOWN_HOOKS", ["agents.supervisor.ashutdown"])
 
 # drain_events: publishing what the on-commit publisher could not.
-DRAIN_BATCH_SIZE = env_int("DRAIN_BATCH_SIZE", 500)
+DRAIN_BATCH_SIZE = env_int("DRAIN_BATCH_SIZE", 1000)
+DRAIN_CONCURRENCY = env_int("DRAIN_CONCURRENCY", 2)
 DRAIN_POLL_SECONDS = env_float("DRAIN_POLL_SECONDS", 1.0)
 # Above the publisher's 5 s send timeout, so the drainer does not race an on-commit publish.
 DRAIN_MIN_AGE_SECONDS = env_float("DRAIN_MIN_AGE_SECONDS", 10.0)

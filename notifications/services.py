@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from . import metrics, pgwrite
 from .exceptions import DATABASE_UNAVAILABLE, InvalidEventData, InvalidEventType, InvalidJson
-from .frames import LayerEventMessage, event_frame_text
+from .frames import LayerEventMessage, LoggedEvent, event_frame_text
 from .groupcommit import EventFields, group_writer
 from .jsonlimits import json_encoded_size
 from .layers import pubsub_publish_many
@@ -144,7 +144,9 @@ async def aevent_send(*, event: Event, timeout_seconds: float = PUBLISH_TIMEOUT_
     return await aevents_send(events=[event], timeout_seconds=timeout_seconds)
 
 
-async def aevents_send(*, events: Sequence[Event], timeout_seconds: float = PUBLISH_TIMEOUT_SECONDS) -> str | None:
+async def aevents_send(
+    *, events: Sequence[LoggedEvent], timeout_seconds: float = PUBLISH_TIMEOUT_SECONDS
+) -> str | None:
     """Send logged events to their users' groups, in order; return None, or why it failed. Never raises.
 
     On the pub/sub layer they go in one pipelined round trip per Redis
@@ -177,7 +179,7 @@ async def aevents_send(*, events: Sequence[Event], timeout_seconds: float = PUBL
     return None
 
 
-def _layer_message(event: Event) -> LayerEventMessage:
+def _layer_message(event: LoggedEvent) -> LayerEventMessage:
     return {
         "type": "notification.event",
         "user_id": event.user_id,
