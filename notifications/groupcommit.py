@@ -3,8 +3,9 @@
 Each event loop has one ``GroupWriter``. A caller queues its (already
 validated) event and waits; a writer task takes everything queued, writes it in
 one transaction (every user's seqs in one statement, every row in one
-insert), publishes the batch in one round trip, records the outcome, and
-only then hands each caller its row. Whatever queues meanwhile is the next
+insert), publishes the batch in one round trip, hands each caller its row,
+and then records the outcome (published, or a failed attempt), while the
+next batch is written. Whatever queues meanwhile is the next
 batch, so under load a batch grows to what one round of the database takes,
 and alone an event is written at once: there is no waiting window. A few
 batches are in flight at once (``BATCHES_IN_FLIGHT``).
@@ -71,8 +72,8 @@ class GroupWriter:
     ``write`` commits a batch and returns, in the same order, each event's
     row or the exception that kept it out (or raises, having written
     nothing); ``publish`` sends the committed rows and returns None or why
-    the send failed (it never raises for a layer failure); ``record`` then
-    writes that outcome (published, or an attempt that failed). Callers are
+    the send failed (it never raises for a layer failure); ``record_outcome``
+    then writes that outcome (published, or an attempt that failed). Callers are
     resolved between the two: the outcome is bookkeeping, and a batch
     recording it no longer holds them, while the next batch is written.
     """
