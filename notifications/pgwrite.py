@@ -58,6 +58,8 @@ logger = logging.getLogger(__name__)
 CONNECTIONS_PER_LOOP = BATCHES_IN_FLIGHT
 # Beyond the server's statement timeout, how long a batch may wait on a connection that stopped answering.
 NETWORK_GRACE_SECONDS = 2.0
+# The bound on a statement when the server has no statement timeout.
+NO_STATEMENT_TIMEOUT_BOUND_SECONDS = 60.0
 
 _EVENTS = Event._meta.db_table
 _EVENTS_PK = f"{_EVENTS}_pkey"
@@ -304,7 +306,8 @@ def _connection_params() -> dict[str, Any]:
 
 
 def _statement_timeout_seconds() -> float:
-    return float(settings.DB_STATEMENT_TIMEOUT_MS) / 1000
+    """The server's statement timeout; with none (``DB_STATEMENT_TIMEOUT_MS=0``), a minute."""
+    return float(settings.DB_STATEMENT_TIMEOUT_MS) / 1000 or NO_STATEMENT_TIMEOUT_BOUND_SECONDS
 
 
 _DJANGO_ERRORS = (
