@@ -13,6 +13,7 @@ from agents.exceptions import LifecycleError, TooManyRuns, UnknownAgent
 from agents.models import AgentRun, RunStatus
 from agents.services import arun_cancel, arun_start, run_create, runs_reap_lost
 from agents.supervisor import SupervisorClosed, supervisor
+from notifications import services
 from notifications.models import Event
 from tests.agents.conftest import assert_lifecycle, run_events, saved_contexts
 from tests.conftest import LIFECYCLE_OF_TWO_STEPS
@@ -248,6 +249,32 @@ async def test_cancel_at_any_moment_still_ends_the_run_exactly_once(alice: Any) 
         assert_lifecycle(events)
         assert run.status in {RunStatus.CANCELLED, RunStatus.COMPLETED}
         assert (events[-1][0] == "agent_error") == (run.status == RunStatus.CANCELLED)
+
+
+async def test_a_run_cancelled_while_its_event_is_being_written_records_its_end_after_it(
+    alice: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The queued thought is written whoever stops waiting for it: the run's end must not overtake it."""
+    insert = services._aevents_insert
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def thought_held(batch: list[Any]) -> list[Event]:
+        if any(fields.event == "agent_thinking" for fields in batch) and not release.is_set():
+            held.set()
+            await asyncio.wait_for(release.wait(), timeout=10)
+        return await insert(batch)
+
+    monkeypatch.setattr(services, "_aevents_insert", thought_held)
+    run = await arun_start(user_id=alice.pk, agent="demo", input={"steps": 1, "delay": 0})
+    await asyncio.wait_for(held.wait(), timeout=5)
+    supervisor.cancel(run.id, reason="stop")
+    for _ in range(20):  # The run handles its cancel while the thought is still held.
+        await asyncio.sleep(0)
+    release.set()
+    run, events = await finished(run)
+    assert_lifecycle(events)
+    assert [name for name, _ in events] == ["agent_started", "agent_thinking", "agent_error"]
+    assert run.status == RunStatus.CANCELLED
 
 
 async def test_a_reaper_racing_the_runner_leaves_one_end_and_nothing_after(alice: Any) -> None:
