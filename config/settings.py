@@ -424,6 +424,11 @@ AGENT_SHUTDOWN_TIMEOUT_SECONDS = env_float("AGENT_SHUTDOWN_TIMEOUT_SECONDS", 5.0
 AGENT_END_RETRY_MAX_SECONDS = env_float("AGENT_END_RETRY_MAX_SECONDS", 1.0)
 # A run still active this long past its timeout lost its process.
 AGENT_LOST_GRACE_SECONDS = env_float("AGENT_LOST_GRACE_SECONDS", 60.0)
+# AG-UI streams (/api/ag-ui/): an idle stream sends an SSE comment this often,
+# and reads the log then too, so a lost live message delays an event by at most this.
+AGUI_KEEPALIVE_SECONDS = env_float("AGUI_KEEPALIVE_SECONDS", 15.0)
+if AGUI_KEEPALIVE_SECONDS <= 0:
+    raise ImproperlyConfigured("AGUI_KEEPALIVE_SECONDS must be positive.")
 # Async callables (dotted paths) the server awaits on SIGTERM, beside closing sockets.
 SHUTDOWN_HOOKS = env_list("SHUTDOWN_HOOKS", ["agents.supervisor.ashutdown"])
 
