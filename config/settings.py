@@ -314,7 +314,13 @@ CACHES = {
 # protocol document; the UI's assets are this project's own static files (the sidecar).
 SPECTACULAR_SETTINGS = {
     "TITLE": "Agent events API",
-    "DESCRIPTION": "The REST half of the service; the WebSocket protocol is in docs/protocol.md.",
+    # The AG-UI endpoints are left out: they answer with a Server-Sent Events stream from a
+    # Channels consumer in front of Django, which the schema generator does not see, and
+    # whose events AG-UI's own schemas describe (docs/protocol.md, section 12).
+    "DESCRIPTION": (
+        "The REST half of the service; the WebSocket protocol and the AG-UI streams (`/api/ag-ui/`, "
+        "Server-Sent Events) are in docs/protocol.md."
+    ),
     "VERSION": "1.0.0",
     "SCHEMA_PATH_PREFIX": "/api/",
     "SERVE_INCLUDE_SCHEMA": False,
