@@ -430,6 +430,12 @@ AGENT_SHUTDOWN_TIMEOUT_SECONDS = env_float("AGENT_SHUTDOWN_TIMEOUT_SECONDS", 5.0
 AGENT_END_RETRY_MAX_SECONDS = env_float("AGENT_END_RETRY_MAX_SECONDS", 1.0)
 # A run still active this long past its timeout lost its process.
 AGENT_LOST_GRACE_SECONDS = env_float("AGENT_LOST_GRACE_SECONDS", 60.0)
+# LangChain/LangGraph agents (agents/langchain/): model tokens become one agent_thinking
+# event per this many milliseconds or characters of text, whichever comes first.
+AGENT_THINKING_COALESCE_MS = env_float("AGENT_THINKING_COALESCE_MS", 50.0)
+AGENT_THINKING_COALESCE_CHARS = env_int("AGENT_THINKING_COALESCE_CHARS", 400)
+if AGENT_THINKING_COALESCE_MS < 0 or AGENT_THINKING_COALESCE_CHARS < 1:
+    raise ImproperlyConfigured("AGENT_THINKING_COALESCE_MS must be >= 0 and AGENT_THINKING_COALESCE_CHARS >= 1.")
 # AG-UI streams (/api/ag-ui/): an idle stream sends an SSE comment this often,
 # and reads the log then too, so a lost live message delays an event by at most this.
 AGUI_KEEPALIVE_SECONDS = env_float("AGUI_KEEPALIVE_SECONDS", 15.0)
