@@ -138,6 +138,8 @@ class AguiConsumer(AsyncHttpConsumer):
         listening = asyncio.create_task(self._layer_listen(stream), name="agui-layer")
         try:
             while True:
+                if self.disconnected:
+                    return  # No one to end the response for.
                 self.wake.clear()
                 try:
                     await stream.catch_up()

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -198,3 +199,15 @@ async def test_an_idle_stream_gets_keepalives_and_leaves_its_group_when_the_clie
     await communicator.send_input({"type": "http.disconnect"})
     await communicator.wait(TIMEOUT_SECONDS)
     assert not layer.groups.get(user_group_name(alice.pk))
+
+
+async def test_the_stream_ends_when_its_token_expires_and_the_run_goes_on(alice: Any, settings: Any) -> None:
+    settings.AGUI_KEEPALIVE_SECONDS = 0.05
+    token = access_token(alice, lifetime=timedelta(seconds=1))
+    communicator = await request("POST", "/api/ag-ui/test_hangs/", token=token, body=RUN_INPUT)
+    status, _, body = await answer(communicator)  # Ends by itself, without the run's end.
+    events, comments = sse_parse(body.decode())
+    assert status == 200 and "keep-alive" in comments
+    assert [event.data["type"] for event in events][:2] == ["RUN_STARTED", "STEP_STARTED"]
+    assert not [event for event in events if event.data["type"] in {"RUN_FINISHED", "RUN_ERROR"}]
+    assert (await AgentRun.objects.aget()).status == "running"
