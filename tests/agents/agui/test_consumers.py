@@ -52,7 +52,14 @@ async def request(
 
 
 async def answer(communicator: ApplicationCommunicator) -> tuple[int, dict[bytes, bytes], bytes]:
-    """The whole response: status, headers and body (the stream must end by itself)."""
+    """The whole response: status, headers and body (the application must end it by itself).
+
+    The application is waited for before its messages are read. Read while it
+    still runs, its worker-thread ORM calls each kept a pooled connection out of
+    the pool on PostgreSQL (the test harness's, not the server's: daphne's pool
+    does not lose them), and a module of these tests ran the pool dry.
+    """
+    await communicator.wait(TIMEOUT_SECONDS)
     start = await communicator.receive_output(TIMEOUT_SECONDS)
     assert start["type"] == "http.response.start", start
     body = b""
@@ -61,7 +68,6 @@ async def answer(communicator: ApplicationCommunicator) -> tuple[int, dict[bytes
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
-    await communicator.wait(TIMEOUT_SECONDS)
     return start["status"], dict(start["headers"]), body
 
 
