@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ class Machine:
     workdir: Path
     processes: list[subprocess.Popen[Any]] = field(default_factory=list)
     database: str = ""
+    redis_pid: int = 0
 
     def start(self, command: list[str], env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.Popen[Any]:
         if "stdout" not in kwargs:  # servers: their output goes to a log file in the work directory
@@ -131,10 +133,10 @@ def setup(machine: Machine, users: int) -> dict[str, str]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server is not installed (Debian: apt-get install redis-server).")
-    machine.start(
+    machine.redis_pid = machine.start(
         [binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--maxclients", "30000", "--dir", str(machine.workdir)],
-    )  # fmt: skip
+    ).pid  # fmt: skip
     wait_port(redis_port)
     machine.database = f"bench_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_URL, autocommit=True, connect_timeout=5) as conn:
@@ -204,6 +206,79 @@ def cpu_seconds(pid: int) -> float:
     """CPU time (user and system) a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def database_processes(database: str) -> list[int]:
+    """PostgreSQL's processes that work for ``database``: its backends and autovacuum, and the WAL writer.
+
+    Backends show their database in their title; the WAL writer serves every
+    database of the server (nothing else writes much while a run is measured).
+    """
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            title = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("postgres: ") and (f" {database} " in title or "walwriter" in title):
+            pids.append(int(proc.name))
+    return pids
+
+
+@dataclass
+class CpuSampler:
+    """CPU seconds used by groups of processes, sampled every 0.1 s in a thread of its own.
+
+    A group is a callable returning its pids now; a process that starts
+    meanwhile counts from zero, one that ends counts to its last sample.
+    """
+
+    groups: dict[str, Any]
+    samples: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+    _members: dict[str, set[int]] = field(default_factory=dict)
+    _first: dict[int, float] = field(default_factory=dict)
+    _last: dict[int, float] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._sample(first=True)
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def used(self, until: float) -> dict[str, float]:
+        """Each group's CPU seconds from the start to the first sample at or after ``until``."""
+        at = next((totals for when, totals in self.samples if when >= until), self.samples[-1][1])
+        return dict(at)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.1):
+            self._sample()
+
+    def _sample(self, first: bool = False) -> None:
+        totals = {}
+        for name, pids in self.groups.items():
+            members = self._members.setdefault(name, set())
+            members.update(pids())
+            total = 0.0
+            for pid in members:
+                try:
+                    cpu = cpu_seconds(pid)
+                except OSError:  # ended: it counts to its last sample
+                    cpu = self._last.get(pid, 0.0)
+                if first:
+                    self._first.setdefault(pid, cpu)
+                self._last[pid] = cpu
+                total += cpu - self._first.get(pid, 0.0)
+            totals[name] = total
+        self.samples.append((time.time(), totals))
 
 
 def expected_seqs(env: dict[str, str], *, mode: str, tag: str, sent: dict[str, Any]) -> tuple[dict[int, set[int]], int]:

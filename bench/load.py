@@ -8,12 +8,10 @@ user against the log (ours) or 1..n (raw).
 import json
 import os
 import subprocess
-import threading
-import time
 import uuid
 from typing import Any
 
-from harness import BENCH, PYTHON, ROOT, Machine, cpu_seconds, events_judged, wait_line
+from harness import BENCH, PYTHON, ROOT, CpuSampler, Machine, database_processes, events_judged, wait_line
 
 
 def load(
@@ -42,17 +40,17 @@ def load(
         "--rate", str(rate), "--seconds", str(seconds), "--out", str(sent_out), "--redis", env["REDIS_URL"],
         "--tag", tag,
     ]  # fmt: skip
-    # The server's CPU, sampled from the first emit until the last event arrived
-    # (the clients' idle wait for stragglers afterwards is left out).
-    samples: list[tuple[float, float]] = []
-    sampling = threading.Event()
-
-    def sample() -> None:
-        while not sampling.wait(0.1):
-            samples.append((time.time(), cpu_seconds(server_pid)))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    samples.append((time.time(), cpu_seconds(server_pid)))
+    # CPU of the server, PostgreSQL, Redis and the clients, sampled from the first
+    # emit until the last event arrived (the clients' idle wait for stragglers
+    # afterwards is left out). The producer reports its own.
+    sampler = CpuSampler(
+        {
+            "server": lambda: [server_pid],
+            "postgres": lambda: database_processes(machine.database),
+            "redis": lambda: [machine.redis_pid],
+            "clients": lambda: [clients.pid],
+        }
+    )
     sampler.start()
     with open(machine.workdir / f"{tag}.producer.log", "wb") as log:
         subprocess.run(
@@ -64,11 +62,10 @@ def load(
     clients.stdin.write(f"EXPECT {sent['sent']}\n")
     clients.stdin.flush()
     wait_line(clients, "DONE", 300 + idle_seconds)
-    sampling.set()
-    sampler.join(timeout=5)
+    sampler.stop()
     received = json.loads(clients_out.read_text())
     until = received["last_received"] if received["received"] else sent["first_emit"] + sent["seconds"]
-    server_cpu = next((cpu for at, cpu in samples if at >= until), samples[-1][1]) - samples[0][1]
+    used = sampler.used(until)
     events = events_judged(env, mode=mode, tag=tag, sent=sent, received=received)
     # From the first emit to the last arrival: a backlog still draining after
     # the producer stopped counts against the rate.
@@ -79,9 +76,10 @@ def load(
         "users": len(users),
         "emit_rate": round(sent["rate"], 1),
         "delivered_rate": round(unique / span, 1),
+        "ack_ms": sent["ack_ms"],
         **events,
-        # CPU per event sent: the producer's while it emitted, the server's from the
+        # CPU per event sent: the producer's while it emitted, the others' from the
         # first emit until the last arrival (to within the 0.1 s sampling).
         "producer_cpu_us_per_event": round(sent["cpu_seconds"] / max(sent["sent"], 1) * 1e6, 1),
-        "server_cpu_us_per_event": round(server_cpu / max(sent["sent"], 1) * 1e6, 1),
+        **{f"{name}_cpu_us_per_event": round(cpu / max(sent["sent"], 1) * 1e6, 1) for name, cpu in used.items()},
     }

@@ -258,10 +258,14 @@ def report(results: dict[str, Any], plan: Plan) -> None:
     row("  p99 latency ms, flat out", "max", lambda r: r["latency_ms"]["p99"])
     row("  producer CPU µs per event, flat out", "max", lambda r: r.get("producer_cpu_us_per_event"))
     row("  server CPU µs per event, flat out", "max", lambda r: r.get("server_cpu_us_per_event"))
+    for name in ("postgres", "redis", "clients"):
+        row(f"  {name} CPU µs per event, flat out", "max", lambda r, name=name: r.get(f"{name}_cpu_us_per_event"))
     for rate in plan.rates:
         row(f"p50 latency ms at {rate}/s", f"at_{rate}", lambda r: r["latency_ms"]["p50"])
         row(f"p99 latency ms at {rate}/s", f"at_{rate}", lambda r: r["latency_ms"]["p99"])
         row(f"max latency ms at {rate}/s", f"at_{rate}", lambda r: r["latency_ms"]["max"])
+        row("  p50 ms until the producer's call returned", f"at_{rate}", lambda r: r.get("ack_ms", {}).get("p50"))
+        row("  p99 ms until the producer's call returned", f"at_{rate}", lambda r: r.get("ack_ms", {}).get("p99"))
         row(f"  emitted/s (asked {rate})", f"at_{rate}", lambda r: r["emit_rate"])
         row("  lost+unexpected+duplicated+out of order+pending", f"at_{rate}", wrong)
     row(f"delivered events/s, {FEW_USERS} users flat out", "few_users", lambda r: r["delivered_rate"])

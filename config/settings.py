@@ -170,13 +170,18 @@ DATABASES = {
 DB_POOL_CHECK_IDLE_SECONDS = env_float("DB_POOL_CHECK_IDLE_SECONDS", 2.0)
 # PostgreSQL: while it is down, one connection attempt per this interval tries it; the others fail at once.
 DB_OUTAGE_PROBE_SECONDS = env_float("DB_OUTAGE_PROBE_SECONDS", 0.5)
+DB_STATEMENT_TIMEOUT_MS = env_int("DB_STATEMENT_TIMEOUT_MS", 15_000)
+# PostgreSQL: the event writer's connections (notifications/pgwrite.py) prepare a statement on its
+# fifth use. Turn it off behind a pooler that cannot keep prepared statements (PgBouncer before
+# 1.21 in transaction mode).
+DB_PREPARED_STATEMENTS = env_bool("DB_PREPARED_STATEMENTS", True)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Django's backend, failing fast while the database is down (config/postgresql/base.py).
     DATABASES["default"]["ENGINE"] = "config.postgresql"
     # Bound every query and connection attempt: no request waits forever on the database.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         connect_timeout=env_int("DB_CONNECT_TIMEOUT_SECONDS", 5),
-        options=f"-c statement_timeout={env_int('DB_STATEMENT_TIMEOUT_MS', 15_000)}",
+        options=f"-c statement_timeout={DB_STATEMENT_TIMEOUT_MS}",
     )
     if env_bool("DB_POOL", True):
         # Under ASGI every HTTP request runs its ORM calls in a thread of its
@@ -445,7 +450,8 @@ if AGUI_KEEPALIVE_SECONDS <= 0:
 SHUTDOWN_HOOKS = env_list("SHUTDOWN_HOOKS", ["agents.supervisor.ashutdown"])
 
 # drain_events: publishing what the on-commit publisher could not.
-DRAIN_BATCH_SIZE = env_int("DRAIN_BATCH_SIZE", 500)
+DRAIN_BATCH_SIZE = env_int("DRAIN_BATCH_SIZE", 1000)
+DRAIN_CONCURRENCY = env_int("DRAIN_CONCURRENCY", 2)
 DRAIN_POLL_SECONDS = env_float("DRAIN_POLL_SECONDS", 1.0)
 # Above the publisher's 5 s send timeout, so the drainer does not race an on-commit publish.
 DRAIN_MIN_AGE_SECONDS = env_float("DRAIN_MIN_AGE_SECONDS", 10.0)

@@ -4,17 +4,18 @@ A batch goes in three steps, and no database transaction stays open while
 Redis is talked to:
 
 1. Claim: in one short transaction, pick users with eligible pending events
-   and lease their events (``claimed_until``). On PostgreSQL the users'
-   stream rows are taken with ``SELECT ... FOR UPDATE SKIP LOCKED``, so
-   concurrent drainers never pick the same user; on SQLite the IMMEDIATE
-   transaction serialises the picks. A user with leased events is left to
-   the drainer holding them until it records the batch or the lease ends.
+   and lease them: their stream row's ``drain_leased_until``, one write per
+   user, not per event. On PostgreSQL the stream rows are taken with
+   ``SELECT ... FOR UPDATE SKIP LOCKED``, so concurrent drainers never pick
+   the same user; on SQLite the IMMEDIATE transaction serialises the picks.
+   A leased user is left to the drainer holding it until it records the
+   batch or the lease ends.
 2. Send, outside any transaction: the batch in (user, seq) order, pipelined
    in one round trip per Redis server, and recorded as sent or failed whole;
    nothing is sent once the drainer is asked to stop or runs out of time.
 3. Record, in a second short transaction: sent events are marked published
-   (only those), failed ones count an attempt and back off, unsent ones are
-   released.
+   (only those), failed ones count an attempt and back off, and the users'
+   leases end.
 
 If a drainer dies mid-batch, its lease runs out and another drainer takes
 the events again; any it had already sent are sent twice, and connections
@@ -23,14 +24,18 @@ without having been sent.
 """
 
 import asyncio
+import contextlib
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
 
 from channels.db import database_sync_to_async
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
@@ -38,6 +43,9 @@ from . import metrics
 from .models import Event, Stream
 from .services import aevents_send, publish_backoff_seconds
 
+# Each batch's transactions in a thread of the pool (with a connection of its own), so batches in
+# progress at once (``drain_events --concurrency``) are written side by side.
+_adb = partial(database_sync_to_async, thread_sensitive=False)
 SEND_TIMEOUT_SECONDS = 2.0
 LEASE_SECONDS = 60.0
 # Sends stop starting after this much of the lease, so the batch is recorded
@@ -69,15 +77,18 @@ def pending_eligible(
     """
     now = timezone.now()
     events = Event.objects.filter(
-        Q(claimed_until__isnull=True) | Q(claimed_until__lt=now),
-        published_at__isnull=True,
-        created_at__lte=now - timedelta(seconds=min_age_seconds),
-    )
+        published_at__isnull=True, created_at__lte=now - timedelta(seconds=min_age_seconds)
+    ).exclude(user_id__in=streams_leased(now=now))
     if backoff:
         events = events.filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
     if exclude:
         events = events.exclude(pk__in=list(exclude))
     return events
+
+
+def streams_leased(*, now: datetime) -> "QuerySet[Stream, Any]":
+    """The users (``user_id``) whose pending events a drainer holds right now."""
+    return Stream.objects.filter(drain_leased_until__gte=now).values("user_id")
 
 
 def pending_counts(*, max_attempts: int) -> tuple[int, int]:
@@ -86,9 +97,27 @@ def pending_counts(*, max_attempts: int) -> tuple[int, int]:
     return pending.count(), pending.filter(publish_attempts__gte=max_attempts).count()
 
 
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A claimed event: what sending it and recording the outcome need, lighter than a model instance."""
+
+    id: uuid.UUID
+    user_id: int
+    seq: int
+    event: str
+    run_id: uuid.UUID
+    agent: str
+    created_at: datetime
+    data: Any
+    publish_attempts: int
+
+
+_CLAIMED_FIELDS = [f.name for f in dataclasses.fields(Claimed)]
+
+
 def events_claim(
     *, batch_size: int, min_age_seconds: float, backoff: bool = True, exclude: Collection[uuid.UUID] = ()
-) -> list[Event]:
+) -> list[Claimed]:
     """Lease up to ``batch_size`` eligible events; return them in (user, seq) order.
 
     Users are claimed whole: a user whose events another drainer holds is
@@ -98,28 +127,28 @@ def events_claim(
     now = timezone.now()
     with transaction.atomic():
         eligible = pending_eligible(min_age_seconds=min_age_seconds, backoff=backoff, exclude=exclude)
-        held = Event.objects.filter(published_at__isnull=True, claimed_until__gte=now).values("user_id")
-        eligible = eligible.exclude(user_id__in=held)
         oldest_first = eligible.order_by("created_at", "user_id", "seq").values_list("user_id", flat=True)
         users = list(dict.fromkeys(oldest_first[:batch_size]))
         # Lock the users' stream rows; another drainer claiming now skips them.
         locked = list(
             Stream.objects.select_for_update(skip_locked=True)
             .filter(user_id__in=users)
+            .exclude(drain_leased_until__gte=now)
             .values_list("user_id", flat=True)
         )
-        claimed = list(eligible.filter(user_id__in=locked).order_by("user_id", "seq")[:batch_size])
+        rows = eligible.filter(user_id__in=locked).order_by("user_id", "seq").values_list(*_CLAIMED_FIELDS)
+        claimed = [Claimed(*row) for row in rows[:batch_size]]
         if claimed:
-            lease_end = now + timedelta(seconds=LEASE_SECONDS)
-            Event.objects.filter(pk__in=[event.pk for event in claimed]).update(claimed_until=lease_end)
+            leased = sorted({event.user_id for event in claimed})
+            Stream.objects.filter(user_id__in=leased).update(drain_leased_until=now + timedelta(seconds=LEASE_SECONDS))
     return claimed
 
 
-def events_record(*, sent: list[uuid.UUID], failed: dict[uuid.UUID, tuple[int, str]], unsent: list[uuid.UUID]) -> None:
-    """Record a batch's outcome and end its lease; ``failed`` maps an event to (attempts so far, reason)."""
+def events_record(*, users: list[int], sent: list[uuid.UUID], failed: dict[uuid.UUID, tuple[int, str]]) -> None:
+    """Record a batch's outcome and end its users' lease; ``failed`` maps an event to (attempts so far, reason)."""
     now = timezone.now()
     with transaction.atomic():
-        Event.objects.filter(pk__in=sent).update(published_at=now, next_attempt_at=None, claimed_until=None)
+        _events_mark_sent(sent, now=now)
         # One statement per (attempts, reason): a whole batch that failed together is one.
         alike: dict[tuple[int, str], list[uuid.UUID]] = {}
         for pk, outcome in failed.items():
@@ -129,9 +158,28 @@ def events_record(*, sent: list[uuid.UUID], failed: dict[uuid.UUID, tuple[int, s
                 publish_attempts=F("publish_attempts") + 1,
                 last_error=reason,
                 next_attempt_at=now + timedelta(seconds=publish_backoff_seconds(attempts + 1)),
-                claimed_until=None,
             )
-        Event.objects.filter(pk__in=unsent).update(claimed_until=None)
+        Stream.objects.filter(user_id__in=users).update(drain_leased_until=None)
+
+
+def _events_mark_sent(ids: list[uuid.UUID], *, now: datetime) -> None:
+    """Mark events published.
+
+    On PostgreSQL the ids go as one array bound by the server: a thousand
+    quoted one by one into the ORM's ``IN (...)`` cost more of the drainer's
+    time than the update itself.
+    """
+    if connection.vendor != "postgresql":
+        Event.objects.filter(pk__in=ids).update(published_at=now, next_attempt_at=None)
+        return
+    table = connection.ops.quote_name(Event._meta.db_table)
+    connection.ensure_connection()
+    # psycopg's own cursor (server-side binding) on the connection of this transaction.
+    with connection.connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET published_at = %s, next_attempt_at = NULL WHERE id = ANY(%s::uuid[])",  # noqa: S608
+            [now, ids],
+        )
 
 
 async def adrain_batch(
@@ -142,11 +190,19 @@ async def adrain_batch(
     exclude: Collection[uuid.UUID] = (),
     stop: asyncio.Event | None = None,
     on_claimed: Callable[[int], None] | None = None,
+    claiming: asyncio.Lock | None = None,
 ) -> BatchResult:
-    """Claim, send and record one batch (see the module docstring)."""
-    claimed: list[Event] = await database_sync_to_async(events_claim)(
-        batch_size=batch_size, min_age_seconds=min_age_seconds, backoff=backoff, exclude=exclude
-    )
+    """Claim, send and record one batch (see the module docstring).
+
+    Batches of one process in progress at once share ``claiming``: one claim
+    at a time, each seeing the leases of those before it, while the others
+    send and record. (Claims of separate processes skip each other's users
+    instead, and may come back short.)
+    """
+    async with claiming or contextlib.nullcontext():
+        claimed: list[Claimed] = await _adb(events_claim)(
+            batch_size=batch_size, min_age_seconds=min_age_seconds, backoff=backoff, exclude=exclude
+        )
     result = BatchResult()
     if not claimed:
         return result
@@ -154,21 +210,24 @@ async def adrain_batch(
         on_claimed(len(claimed))
     # None: sent; a string: why the send failed; absent: not tried.
     outcomes = await _send_all(claimed, stop=stop, deadline=time.monotonic() + SEND_BUDGET_SECONDS)
-    sent = [event.pk for event in claimed if event.pk in outcomes and outcomes[event.pk] is None]
-    unsent = [event.pk for event in claimed if event.pk not in outcomes]
+    sent = [event.id for event in claimed if event.id in outcomes and outcomes[event.id] is None]
+    unsent = [event.id for event in claimed if event.id not in outcomes]
     failed = {
-        event.pk: (event.publish_attempts, reason)
+        event.id: (event.publish_attempts, reason)
         for event in claimed
-        if (reason := outcomes.get(event.pk)) is not None
+        if (reason := outcomes.get(event.id)) is not None
     }
-    await database_sync_to_async(events_record)(sent=sent, failed=failed, unsent=unsent)
+    users = sorted({event.user_id for event in claimed})
+    await _adb(events_record)(users=users, sent=sent, failed=failed)
     result.published, result.failed, result.released = len(sent), len(failed), len(unsent)
     metrics.drain_batch(published=result.published, failed=result.failed)
     result.failed_ids = list(failed)
     return result
 
 
-async def _send_all(events: list[Event], *, stop: asyncio.Event | None, deadline: float) -> dict[uuid.UUID, str | None]:
+async def _send_all(
+    events: list[Claimed], *, stop: asyncio.Event | None, deadline: float
+) -> dict[uuid.UUID, str | None]:
     """Send the batch in (user, seq) order, in one pipelined round trip per Redis server.
 
     It succeeds or fails whole: after a failure any of it may have gone out,
@@ -179,7 +238,7 @@ async def _send_all(events: list[Event], *, stop: asyncio.Event | None, deadline
     if (stop is not None and stop.is_set()) or time.monotonic() > deadline:
         return {}
     reason = await aevents_send(events=events, timeout_seconds=SEND_TIMEOUT_SECONDS)
-    return dict.fromkeys((event.pk for event in events), reason)
+    return dict.fromkeys((event.id for event in events), reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +259,9 @@ def events_requeue(*, events: "QuerySet[Event]", limit: int) -> RequeueResult:
     drainer holds right now are left alone: it records their outcome itself,
     and a reset under it would be overwritten.
     """
-    now = timezone.now()
-    leased = Q(published_at__isnull=True, claimed_until__gte=now)
+    leased = Q(published_at__isnull=True, user_id__in=streams_leased(now=timezone.now()))
+    # Counted first: what this re-queues for a leased user is pending afterwards, for the next claim.
+    held = events.filter(leased).count()
     ids = list(events.exclude(leased).order_by().values_list("pk", flat=True)[: limit + 1])
     over_limit = len(ids) > limit
     ids = ids[:limit]
@@ -213,4 +273,4 @@ def events_requeue(*, events: "QuerySet[Event]", limit: int) -> RequeueResult:
             .exclude(leased)
             .update(published_at=None, publish_attempts=0, next_attempt_at=None, last_error="")
         )
-    return RequeueResult(requeued=requeued, leased=events.filter(leased).count(), over_limit=over_limit)
+    return RequeueResult(requeued=requeued, leased=held, over_limit=over_limit)

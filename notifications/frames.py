@@ -1,10 +1,9 @@
 """The shapes that cross the channel layer and the WebSocket, in one place."""
 
 import json
+import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal, NotRequired, TypedDict
-
-from .models import Event
+from typing import Any, Literal, NotRequired, Protocol, TypedDict
 
 
 class EventFrame(TypedDict):
@@ -36,10 +35,33 @@ class LayerEventMessage(TypedDict):
 
 def isoformat_utc(moment: datetime) -> str:
     """Format a timestamp as ISO 8601 in UTC with a ``Z`` suffix."""
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if moment.tzinfo is not UTC:  # What the database hands back is UTC already.
+        moment = moment.astimezone(UTC)
+    return moment.isoformat().replace("+00:00", "Z")
 
 
-def event_frame(event: Event) -> EventFrame:
+class LoggedEvent(Protocol):
+    """What a frame is made of: a logged ``Event``, or a drainer's lighter row of the same fields."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def user_id(self) -> int: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def event(self) -> str: ...
+    @property
+    def run_id(self) -> uuid.UUID: ...
+    @property
+    def agent(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def data(self) -> Any: ...
+
+
+def event_frame(event: LoggedEvent) -> EventFrame:
     """Shape an event the one way every client sees it (WebSocket, REST, admin)."""
     return {
         "type": "event",
@@ -53,10 +75,14 @@ def event_frame(event: Event) -> EventFrame:
     }
 
 
+# One encoder for every frame: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode(message: Any) -> str:
     """Encode a server frame as compact JSON text."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(message)
 
 
-def event_frame_text(event: Event) -> str:
+def event_frame_text(event: LoggedEvent) -> str:
     return encode(event_frame(event))

@@ -33,6 +33,18 @@ class Stream(models.Model):
     acked_seq = models.PositiveBigIntegerField(default=0)
     # The highest seq that retention deleted: a replay from below it is incomplete.
     pruned_seq = models.PositiveBigIntegerField(default=0)
+    # A drainer is sending this user's pending events until then; other drainers leave them alone.
+    drain_leased_until = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            # The few users leased right now, which every claim leaves out.
+            models.Index(
+                fields=["drain_leased_until"],
+                condition=Q(drain_leased_until__isnull=False),
+                name="stream_drain_leased_idx",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"stream of user {self.user_id} at {self.last_seq} (acked {self.acked_seq})"
@@ -53,8 +65,6 @@ class Event(models.Model):
     publish_attempts = models.PositiveIntegerField(default=0)
     # After a failed publish, the drainer leaves the event alone until then.
     next_attempt_at = models.DateTimeField(null=True, blank=True)
-    # A drainer holds the event until then (it is sending it); others leave it alone.
-    claimed_until = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True, default="")
 
     class Meta:

@@ -6,7 +6,6 @@ connections, which fill any gap from the log themselves.
 """
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -26,9 +25,9 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from . import metrics
+from . import metrics, pgwrite
 from .exceptions import DATABASE_UNAVAILABLE, InvalidEventData, InvalidEventType, InvalidJson
-from .frames import LayerEventMessage, event_frame_text
+from .frames import LayerEventMessage, LoggedEvent, event_frame_text
 from .groupcommit import EventFields, group_writer
 from .jsonlimits import json_encoded_size
 from .layers import pubsub_publish_many
@@ -145,7 +144,9 @@ async def aevent_send(*, event: Event, timeout_seconds: float = PUBLISH_TIMEOUT_
     return await aevents_send(events=[event], timeout_seconds=timeout_seconds)
 
 
-async def aevents_send(*, events: Sequence[Event], timeout_seconds: float = PUBLISH_TIMEOUT_SECONDS) -> str | None:
+async def aevents_send(
+    *, events: Sequence[LoggedEvent], timeout_seconds: float = PUBLISH_TIMEOUT_SECONDS
+) -> str | None:
     """Send logged events to their users' groups, in order; return None, or why it failed. Never raises.
 
     On the pub/sub layer they go in one pipelined round trip per Redis
@@ -178,7 +179,7 @@ async def aevents_send(*, events: Sequence[Event], timeout_seconds: float = PUBL
     return None
 
 
-def _layer_message(event: Event) -> LayerEventMessage:
+def _layer_message(event: LoggedEvent) -> LayerEventMessage:
     return {
         "type": "notification.event",
         "user_id": event.user_id,
@@ -209,6 +210,14 @@ async def alayer_close() -> None:
         await close_pools()
     elif hasattr(layer, "_get_layer"):
         await layer.flush()
+
+
+async def aconnections_close() -> None:
+    """Close this event loop's connections: the channel layer's and the event writer's (before the loop ends)."""
+    try:
+        await alayer_close()
+    finally:
+        await pgwrite.aclose()
 
 
 def stream_ack(*, user_id: int, seq: int) -> None:
@@ -260,62 +269,48 @@ def _text_storable(text: str) -> bool:
 
 
 async def _aevents_write(batch: list[EventFields]) -> list[Event | Exception]:
-    try:
-        results: list[Event | Exception] = await adb_write(_events_write)(batch)
-    except DATABASE_UNAVAILABLE:
-        metrics.database_error(operation="record")
-        raise
-    metrics.events_recorded(sum(1 for result in results if isinstance(result, Event)))
-    return results
-
-
-def _events_write(batch: list[EventFields]) -> list[Event | Exception]:
     """Write a batch in one transaction, in order; return each event's row, or why it was not written.
 
     If the database refuses the batch (rather than being unreachable), each
     event is written alone, so that one it refuses fails only its own caller.
     """
     try:
-        return list(_events_insert(batch))
+        results: list[Event | Exception] = list(await _aevents_insert(batch))
     except DATABASE_UNAVAILABLE:
+        metrics.database_error(operation="record")
         raise
     except DatabaseError:
         if len(batch) == 1:
             raise
         logger.warning("The database refused a batch of %d events; writing them one by one", len(batch), exc_info=True)
-    results: list[Event | Exception] = []
-    for fields in batch:
-        try:
-            results.extend(_events_insert([fields]))
-        except Exception as exc:  # This event's own failure, for its caller.
-            results.append(exc)
+        results = []
+        for fields in batch:
+            try:
+                results.extend(await _aevents_insert([fields]))
+            except Exception as exc:  # This event's own failure, for its caller.
+                results.append(exc)
+    metrics.events_recorded(sum(1 for result in results if isinstance(result, Event)))
     return results
 
 
-class StreamsMissing(Exception):
-    """Some users of a batch have no stream row yet; it is made before the batch's transaction."""
+async def _aevents_insert(batch: list[EventFields]) -> list[Event]:
+    """Write a whole batch in one transaction, or nothing (and raise).
 
-    def __init__(self, user_ids: list[int]) -> None:
-        super().__init__(f"No stream rows yet for users {user_ids}")
-        self.user_ids = user_ids
+    On PostgreSQL on the event loop's own connections (``pgwrite``: no
+    thread, two round trips); elsewhere through the ORM in the thread pool.
+    """
+    if connection.vendor == "postgresql":
+        return await pgwrite.aevents_insert(batch, now=timezone.now())
+    rows: list[Event] = await adb_write(_events_insert)(batch)
+    return rows
 
 
 def _events_insert(batch: list[EventFields]) -> list[Event]:
-    """One transaction: every user's seqs for the batch in one statement, then one multi-row insert.
+    """The ORM's batch (SQLite): one IMMEDIATE transaction, which holds the database's write lock.
 
-    A user's first events find no stream row: the rows are made in a
-    statement of their own, committed before the batch's transaction
-    (where they would break the order in which rows are locked), and the
-    batch is written again.
+    Each user's stream advances by their count in one statement (made first
+    if it is the user's first event); then one multi-row insert.
     """
-    try:
-        return _events_insert_once(batch)
-    except StreamsMissing as missing:
-        Stream.objects.bulk_create([Stream(user_id=user_id) for user_id in missing.user_ids], ignore_conflicts=True)
-    return _events_insert_once(batch)
-
-
-def _events_insert_once(batch: list[EventFields]) -> list[Event]:
     counts = Counter(fields.user_id for fields in batch)
     now = timezone.now()
     with transaction.atomic():
@@ -334,50 +329,23 @@ def _events_insert_once(batch: list[EventFields]) -> list[Event]:
                     created_at=now,
                 )
             )
-        _events_copy(rows)
-    return rows
-
-
-# The columns a new event's row sets, in the order ``_events_copy`` writes them.
-_COPY_COLUMNS = (
-    "id",
-    "user_id",
-    "seq",
-    "event",
-    "run_id",
-    "agent",
-    "data",
-    "created_at",
-    "publish_attempts",
-    "last_error",
-)
-
-
-def _events_copy(rows: list[Event]) -> None:
-    """Insert new rows: on PostgreSQL with one COPY, elsewhere with one multi-row INSERT.
-
-    The ORM's insert binds and quotes every value in Python, which measured
-    as a third of the producer's CPU per event; COPY streams the rows in
-    psycopg's C encoder.
-    """
-    if connection.vendor != "postgresql":
         Event.objects.bulk_create(rows)
-        return
-    columns = ", ".join(_COPY_COLUMNS)
-    with connection.cursor() as cursor, cursor.cursor.copy(f"COPY {_event_table()} ({columns}) FROM STDIN") as copy:
-        for row in rows:
-            data = json.dumps(row.data, separators=(",", ":"), ensure_ascii=False)
-            copy.write_row(
-                (row.id, row.user_id, row.seq, row.event, row.run_id, row.agent, data, row.created_at, 0, "")
-            )
+    return rows
 
 
 async def _aevents_publish(rows: list[Event]) -> None:
     """Publish a committed batch and record the outcome in one statement."""
     reason = await aevents_send(events=rows)
     ids = [row.id for row in rows]
+    on_postgresql = connection.vendor == "postgresql"
     if reason is None:
-        await _amark(_events_mark_published, event_ids=ids)
+        if on_postgresql:
+            await _amark(pgwrite.aevents_mark_published, event_ids=ids, now=timezone.now())
+        else:
+            await _amark(_events_mark_published, event_ids=ids)
+    elif on_postgresql:
+        next_attempt_at = timezone.now() + timedelta(seconds=publish_backoff_seconds(1))
+        await _amark(pgwrite.aevents_mark_failed, event_ids=ids, reason=reason, next_attempt_at=next_attempt_at)
     else:
         await _amark(_events_mark_failed, event_ids=ids, attempts=1, reason=reason)
 
@@ -426,43 +394,19 @@ def _stream_increment(user_id: int, by: int = 1) -> int | None:
 
 
 def _streams_advance(counts: Mapping[int, int]) -> dict[int, int]:
-    """Add each user's count to their last_seq; return the new last_seqs. The caller's transaction holds the rows.
+    """Add each user's count to their last_seq (making the row first if needed); return the new last_seqs.
 
-    On PostgreSQL the rows are locked in user order first, so that two
-    batches sharing users queue instead of deadlocking, and then advanced in
-    one statement. On SQLite the IMMEDIATE transaction already holds the
-    database's write lock, and each user is one statement.
+    The caller's transaction holds the rows (on SQLite, the database's write lock).
     """
-    users = sorted(counts)
-    if connection.vendor != "postgresql":
-        heads = {user_id: _stream_increment(user_id, counts[user_id]) for user_id in users}
-        for user_id in [user_id for user_id, head in heads.items() if head is None]:
-            Stream.objects.bulk_create([Stream(user_id=user_id)], ignore_conflicts=True)
-            heads[user_id] = _stream_increment(user_id, counts[user_id])
-        return {user_id: int(head) for user_id, head in heads.items() if head is not None}
-    lock = f"SELECT user_id FROM {_stream_table()} WHERE user_id = ANY(%s) ORDER BY user_id FOR UPDATE"  # noqa: S608
-    with connection.cursor() as cursor:
-        cursor.execute(lock, [users])
-        missing = sorted(set(users) - {row[0] for row in cursor.fetchall()})
-        if missing:
-            # Making the rows here would take them out of user order (and a row
-            # another batch is making is invisible until it commits): deadlock.
-            raise StreamsMissing(missing)
-        cursor.execute(
-            f"UPDATE {_stream_table()} AS s SET last_seq = s.last_seq + c.n "  # noqa: S608
-            "FROM unnest(%s::bigint[], %s::bigint[]) AS c(user_id, n) WHERE s.user_id = c.user_id "
-            "RETURNING s.user_id, s.last_seq",
-            [users, [counts[user_id] for user_id in users]],
-        )
-        return {int(user_id): int(head) for user_id, head in cursor.fetchall()}
+    heads = {user_id: _stream_increment(user_id, counts[user_id]) for user_id in sorted(counts)}
+    for user_id in [user_id for user_id, head in heads.items() if head is None]:
+        Stream.objects.bulk_create([Stream(user_id=user_id)], ignore_conflicts=True)
+        heads[user_id] = _stream_increment(user_id, counts[user_id])
+    return {user_id: int(head) for user_id, head in heads.items() if head is not None}
 
 
 def _stream_table() -> str:
     return connection.ops.quote_name(Stream._meta.db_table)
-
-
-def _event_table() -> str:
-    return connection.ops.quote_name(Event._meta.db_table)
 
 
 def _events_mark_published(*, event_ids: list[uuid.UUID]) -> None:
@@ -524,7 +468,7 @@ def publish_backoff_seconds(attempts: int) -> float:
 
 
 async def _amark(func: Any, **kwargs: Any) -> None:
-    """Run a bookkeeping write; a failure is logged, never raised.
+    """Run a bookkeeping write (a sync one in the thread pool); a failure is logged, never raised.
 
     The event itself is already committed: losing this write at worst leaves
     it pending, and ``drain_events`` publishes it again, which connections
@@ -532,7 +476,10 @@ async def _amark(func: Any, **kwargs: Any) -> None:
     """
     events = kwargs.get("event_id", kwargs.get("event_ids"))
     try:
-        await adb_write(func)(**kwargs)
+        if asyncio.iscoroutinefunction(func):
+            await func(**kwargs)
+        else:
+            await adb_write(func)(**kwargs)
     except DatabaseError as exc:  # The database is down; the drainer will retry.
         metrics.database_error(operation="publish_outcome")
         logger.warning("Could not record the publish outcome of event(s) %s: %s", events, exc)

@@ -28,6 +28,7 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from config.redis_urls import redis_channel_layers
+from notifications import pgwrite
 from tests.servers import ROOT, DaphneServer, PostgresCluster, RedisServer, database_url, http_request, postgres_bindir
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -82,10 +83,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 async def no_task_leaks() -> AsyncIterator[None]:
     """Fail the test if it leaves asyncio tasks running on its loop.
 
-    Also closes the database connection of the thread that runs this loop's
-    ORM calls, so the test database can be dropped at the end.
+    Also closes the loop's event-writer connections and the database
+    connection of the thread that runs its ORM calls, so the test database
+    can be dropped at the end.
     """
     yield
+    await pgwrite.aclose()
     await sync_to_async(connections.close_all)()
     await asyncio.sleep(0)
     current = asyncio.current_task()

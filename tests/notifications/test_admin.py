@@ -111,9 +111,11 @@ def test_requeue_leaves_events_a_drainer_holds_and_stops_at_the_limit(
 ) -> None:
     monkeypatch.setattr("notifications.admin.COUNT_LIMIT", 2)
     old = timezone.now() - timedelta(minutes=5)
-    held = make_event(alice, 1, created_at=old, published_at=None, claimed_until=timezone.now() + timedelta(seconds=30))
+    held = make_event(alice, 1, created_at=old, published_at=None)
     for seq in (2, 3, 4):
         make_event(alice, seq, created_at=old)
+    # A drainer holds alice's pending events (her one pending event) right now.
+    Stream.objects.filter(user=alice).update(drain_leased_until=timezone.now() + timedelta(seconds=30))
     # "Select all" across pages.
     response = staff_client.post(
         EVENTS_URL, {"action": "requeue", "select_across": "1", "_selected_action": [str(held.pk)]}, follow=True
@@ -124,7 +126,8 @@ def test_requeue_leaves_events_a_drainer_holds_and_stops_at_the_limit(
     assert "Only the first 2 were re-queued" in page
     assert Event.objects.filter(published_at__isnull=True).count() == 3  # the held one and two re-queued
     held.refresh_from_db()
-    assert held.claimed_until is not None and held.publish_attempts == 0
+    assert held.published_at is None and held.publish_attempts == 0
+    assert Stream.objects.get(user=alice).drain_leased_until is not None
 
 
 def test_requeue_puts_published_and_stuck_events_back_for_the_drainer(

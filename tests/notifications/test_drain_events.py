@@ -28,7 +28,7 @@ from django.utils import timezone
 from redis import asyncio as aioredis
 
 from agents.models import AgentRun, RunStatus
-from notifications.drain import adrain_batch, pending_counts
+from notifications.drain import adrain_batch, events_claim, pending_counts
 from notifications.models import Event, Stream
 from notifications.services import aevent_record, user_group_name
 from tests.conftest import SESSION_PREFIX, ChannelLayers, test_database_url
@@ -339,7 +339,8 @@ async def test_failed_publishes_back_off_and_stuck_ones_are_still_retried(
         assert (result.published, result.failed) == (0, 1)
         event = await Event.objects.aget()
         assert event.publish_attempts == attempt and "ConnectionError" in event.last_error
-        assert event.next_attempt_at is not None and event.claimed_until is None
+        assert event.next_attempt_at is not None
+        assert await Stream.objects.filter(drain_leased_until__isnull=False).acount() == 0
         waits.append(round((event.next_attempt_at - timezone.now()).total_seconds()))
         assert (await adrain_batch(batch_size=10, min_age_seconds=0)).claimed == 0  # Backing off.
         await Event.objects.aupdate(next_attempt_at=timezone.now())
@@ -369,7 +370,7 @@ async def test_sigterm_while_redis_hangs_stops_sending_and_exits_0(
     assert code == 0, stderr
     assert "still pending 50" in stdout
     # What was claimed and not sent is free again for the next drainer.
-    assert not await Event.objects.filter(claimed_until__isnull=False).aexists()
+    assert not await Stream.objects.filter(drain_leased_until__isnull=False).aexists()
 
 
 async def test_writers_are_not_blocked_while_a_drainer_waits_on_redis(
@@ -415,6 +416,25 @@ async def test_users_locked_by_another_drainer_are_skipped(
         release.set()
         await asyncio.to_thread(holder.join, 20)
     assert not await Event.objects.filter(user=bob, published_at__isnull=True).aexists()
+
+
+async def test_a_lease_of_a_drainer_that_died_holds_its_users_until_it_ends(
+    redis_layer: Any, alice: Any, bob: Any
+) -> None:
+    await sync_to_async(pending_events)([alice.pk, bob.pk], 3)
+    # A drainer claims alice and bob, then dies before sending or recording anything.
+    claimed = await sync_to_async(events_claim)(batch_size=3, min_age_seconds=0)
+    assert [(event.user_id, event.seq) for event in claimed] == [(alice.pk, seq) for seq in (1, 2, 3)]
+    leased = await sync_to_async(lambda: dict(Stream.objects.values_list("user_id", "drain_leased_until")))()
+    assert leased[alice.pk] is not None and leased[bob.pk] is None  # Claimed whole, per user.
+    result = await adrain_batch(batch_size=10, min_age_seconds=0)
+    assert result.published == 3  # Bob's; alice's are held by the lease.
+    assert await Event.objects.filter(user=alice, published_at__isnull=True).acount() == 3
+    # The lease ends (as LEASE_SECONDS after the claim): the next drainer takes them.
+    await Stream.objects.filter(user=alice).aupdate(drain_leased_until=timezone.now() - timedelta(seconds=1))
+    assert (await adrain_batch(batch_size=10, min_age_seconds=0)).published == 3
+    assert await Event.objects.filter(published_at__isnull=True).acount() == 0
+    assert await Stream.objects.filter(drain_leased_until__isnull=False).acount() == 0
 
 
 async def test_drain_reaps_lost_runs(redis_url: str, drainers: Callable[..., Drainer], alice: Any) -> None:

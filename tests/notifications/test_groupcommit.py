@@ -10,11 +10,12 @@ import asyncio
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import DataError, OperationalError, connection
+from django.db import DataError, OperationalError, connection, transaction
 
 from notifications import groupcommit, services
 from notifications.models import Event, Stream
@@ -46,16 +47,16 @@ async def test_concurrent_writes_are_batched_gapless_and_each_writer_in_order(
     users = [await sync_to_async(make_user)() for _ in range(5)]
     channels = {user.pk: await member_of(layer, user.pk) for user in users}
     batches: list[int] = []
-    insert = services._events_insert
+    insert = services._aevents_insert
 
-    def counted(batch: list[Any]) -> list[Event]:
+    async def counted(batch: list[Any]) -> list[Event]:
         batches.append(len(batch))
-        return insert(batch)
+        return await insert(batch)
 
     async def sequential(user_id: int) -> list[Event]:
         return [await record(user_id, 1000 + index) for index in range(20)]
 
-    monkeypatch.setattr(services, "_events_insert", counted)
+    monkeypatch.setattr(services, "_aevents_insert", counted)
     fired = [record(users[index % 5].pk, index) for index in range(400)]
     results = await asyncio.gather(*fired, *(sequential(user.pk) for user in users))
     assert len(batches) < 200 and sum(batches) == 500  # Together, not one transaction each.
@@ -82,7 +83,7 @@ def test_batches_of_many_loops_and_single_writes_share_users_without_a_gap_or_de
 
     async def batched(offset: int) -> None:
         await asyncio.gather(*(record(users[(offset + index) % 3].pk, index) for index in range(90)))
-        await services.alayer_close()
+        await services.aconnections_close()
 
     def loop_writer(offset: int) -> None:
         try:
@@ -122,17 +123,49 @@ def test_batches_of_many_loops_and_single_writes_share_users_without_a_gap_or_de
         assert Stream.objects.get(user_id=user.pk).last_seq == seqs[-1]
 
 
-async def test_a_batch_whose_write_fails_publishes_nothing_and_fails_every_caller(
-    layer: Any, alice: Any, bob: Any, monkeypatch: pytest.MonkeyPatch
+@pytest.fixture
+def commits_fail(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[bool], None]]:
+    """``commits_fail(True)``: every batch is written (rows inserted, streams advanced), then its commit fails.
+
+    On PostgreSQL for real: a deferred constraint trigger refuses the commit, as
+    the server reports a connection failure (SQLSTATE 08006). Elsewhere the ORM's
+    batch raises after its writes, inside its transaction.
+    """
+    insert = services._events_insert
+
+    def failing_commit(batch: list[Any]) -> list[Event]:
+        with transaction.atomic():
+            insert(batch)
+            raise OperationalError("server closed the connection unexpectedly")
+
+    def fail(on: bool) -> None:
+        if connection.vendor != "postgresql":
+            monkeypatch.setattr(services, "_events_insert", failing_commit if on else insert)
+            return
+        with connection.cursor() as cursor:
+            if on:
+                cursor.execute(
+                    "CREATE FUNCTION refuse_commit() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN RAISE EXCEPTION 'commit refused' USING ERRCODE = '08006'; END $$"
+                )
+                cursor.execute(
+                    "CREATE CONSTRAINT TRIGGER refuse_commit AFTER INSERT ON notifications_event "
+                    "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_commit()"
+                )
+            else:
+                cursor.execute("DROP TRIGGER IF EXISTS refuse_commit ON notifications_event")
+                cursor.execute("DROP FUNCTION IF EXISTS refuse_commit()")
+
+    yield fail
+    if connection.vendor == "postgresql":
+        fail(False)
+
+
+async def test_a_batch_whose_commit_fails_publishes_nothing_and_fails_every_caller(
+    layer: Any, alice: Any, bob: Any, commits_fail: Callable[[bool], None]
 ) -> None:
     watcher = await member_of(layer, alice.pk)
-    copy = services._events_copy
-
-    def failing_commit(rows: list[Event]) -> None:
-        copy(rows)  # Written, and the streams advanced: then the connection goes.
-        raise OperationalError("server closed the connection unexpectedly")
-
-    monkeypatch.setattr(services, "_events_copy", failing_commit)
+    await sync_to_async(commits_fail)(True)
     results = await asyncio.gather(
         *(record((alice if index % 2 else bob).pk, index) for index in range(20)), return_exceptions=True
     )
@@ -141,7 +174,7 @@ async def test_a_batch_whose_write_fails_publishes_nothing_and_fails_every_calle
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(layer.receive(watcher), timeout=0.2)
 
-    monkeypatch.setattr(services, "_events_copy", copy)
+    await sync_to_async(commits_fail)(False)
     event = await record(alice.pk, 99)
     assert event.seq == 1  # The failed batch's seqs were rolled back with it.
 
@@ -149,14 +182,14 @@ async def test_a_batch_whose_write_fails_publishes_nothing_and_fails_every_calle
 async def test_an_event_the_database_refuses_fails_only_its_own_caller(
     layer: Any, alice: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    insert = services._events_insert
+    insert = services._aevents_insert
 
-    def refuses_13(batch: list[Any]) -> list[Event]:
+    async def refuses_13(batch: list[Any]) -> list[Event]:
         if any(fields.data["i"] == 13 for fields in batch):
             raise DataError("value out of range")
-        return insert(batch)
+        return await insert(batch)
 
-    monkeypatch.setattr(services, "_events_insert", refuses_13)
+    monkeypatch.setattr(services, "_aevents_insert", refuses_13)
     results = await asyncio.gather(*(record(alice.pk, index) for index in range(30)), return_exceptions=True)
     failed = [index for index, result in enumerate(results) if isinstance(result, Exception)]
     assert failed == [13] and isinstance(results[13], DataError)
@@ -168,17 +201,17 @@ async def test_cancelled_callers_lose_and_duplicate_nothing(
     layer: Any, alice: Any, bob: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     channels = {user.pk: await member_of(layer, user.pk) for user in (alice, bob)}
-    insert = services._events_insert
-    entered, release = threading.Event(), threading.Event()
+    insert = services._aevents_insert
+    entered, release = asyncio.Event(), asyncio.Event()
 
-    def held(batch: list[Any]) -> list[Event]:
+    async def held(batch: list[Any]) -> list[Event]:
         entered.set()
-        release.wait(timeout=10)  # Released below, once callers are cancelled.
-        return insert(batch)
+        await asyncio.wait_for(release.wait(), timeout=10)  # Released below, once callers are cancelled.
+        return await insert(batch)
 
-    monkeypatch.setattr(services, "_events_insert", held)
-    first = asyncio.ensure_future(record(alice.pk, 0))  # Its batch is held in the database.
-    await asyncio.to_thread(entered.wait, 5)
+    monkeypatch.setattr(services, "_aevents_insert", held)
+    first = asyncio.ensure_future(record(alice.pk, 0))  # Its batch is held before the database.
+    await asyncio.wait_for(entered.wait(), timeout=5)
     waiting = [asyncio.ensure_future(record((alice if index % 2 else bob).pk, index)) for index in range(1, 41)]
     await asyncio.sleep(0)  # Every caller is queued behind the held batch.
     for task in waiting[::3]:
@@ -206,10 +239,10 @@ async def test_a_failed_publish_leaves_exactly_that_batch_pending(
 ) -> None:
     channel_layers("pubsub", redis_url=f"redis://127.0.0.1:{free_port()}/0", prefix="down")
     down = await asyncio.gather(*(record((alice if index % 2 else bob).pk, index) for index in range(20)))
-    await services.alayer_close()
+    await services.aconnections_close()
     channel_layers("pubsub", redis_url=redis_url, prefix="up")
     up = await asyncio.gather(*(record(alice.pk, index) for index in range(20, 30)))
-    await services.alayer_close()
+    await services.aconnections_close()
     pending = await sync_to_async(
         lambda: set(Event.objects.filter(published_at__isnull=True).values_list("id", flat=True))
     )()

@@ -203,17 +203,30 @@ def test_only_the_services_module_calls_group_send() -> None:
 async def test_concurrent_publishes_are_marked_together(
     layer: Any, make_user: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from notifications import services
+    from notifications import pgwrite, services
 
     users = [await sync_to_async(make_user)() for _ in range(20)]
     writes: list[int] = []
-    original = services._events_mark_published
+    # PostgreSQL marks on the event loop's own connections (pgwrite), other databases through the ORM.
+    marker: Any
+    if connection.vendor == "postgresql":
+        marker, name = pgwrite, "aevents_mark_published"
+        original_async = pgwrite.aevents_mark_published
 
-    def counted(*, event_ids: list[uuid.UUID]) -> None:
-        writes.append(len(event_ids))
-        original(event_ids=event_ids)
+        async def counted_async(*, event_ids: list[uuid.UUID], now: Any) -> None:
+            writes.append(len(event_ids))
+            await original_async(event_ids=event_ids, now=now)
 
-    monkeypatch.setattr(services, "_events_mark_published", counted)
+        counted: Any = counted_async
+    else:
+        marker, name = services, "_events_mark_published"
+        original = services._events_mark_published
+
+        def counted(*, event_ids: list[uuid.UUID]) -> None:
+            writes.append(len(event_ids))
+            original(event_ids=event_ids)
+
+    monkeypatch.setattr(marker, name, counted)
     await asyncio.gather(
         *(
             aevent_record(user_id=user.pk, event="agent_thinking", run_id=uuid.uuid4(), agent="demo", data={})

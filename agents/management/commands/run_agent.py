@@ -18,7 +18,7 @@ from notifications.exceptions import InvalidJson
 from notifications.frames import event_frame
 from notifications.jsonlimits import json_parse
 from notifications.models import Event
-from notifications.services import alayer_close
+from notifications.services import aconnections_close
 
 INTERRUPT_REASON = "The run was cancelled from the command line."
 
@@ -100,7 +100,7 @@ class Command(BaseCommand):
             return RunStatus(ended.status)
         finally:
             await supervisor.shutdown(timeout_seconds=5)
-            await alayer_close()
+            await aconnections_close()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
 

@@ -19,11 +19,17 @@ from django.utils.module_loading import import_string
 from notifications import metrics
 from notifications.drain import BatchResult, adrain_batch, pending_counts
 from notifications.metrics_http import Exporter
-from notifications.services import alayer_close
+from notifications.services import aconnections_close
 
 PROGRESS_SECONDS = 2.0
 CLOSE_TIMEOUT_SECONDS = 2.0
 EXIT_FORCED = 130  # A second signal, or a shutdown over its time bound.
+
+
+@dataclass(slots=True)
+class _Progress:
+    next_at: float
+    reported: str = ""
 
 
 @dataclass(slots=True)
@@ -48,6 +54,12 @@ class Command(BaseCommand):
             help="Try every pending event once (ignoring retry backoff), then exit: 0 if all went, 1 if not.",
         )
         parser.add_argument("--batch-size", type=int, default=settings.DRAIN_BATCH_SIZE)
+        parser.add_argument(
+            "--concurrency",
+            type=int,
+            default=settings.DRAIN_CONCURRENCY,
+            help="Batches in progress at once (each claims different users).",
+        )
         parser.add_argument(
             "--poll-interval", type=float, default=settings.DRAIN_POLL_SECONDS, help="Seconds between polls when idle."
         )
@@ -82,8 +94,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if min(options["batch_size"], options["max_attempts"]) < 1:
-            raise CommandError("--batch-size and --max-attempts must be at least 1.")
+        if min(options["batch_size"], options["max_attempts"], options["concurrency"]) < 1:
+            raise CommandError("--batch-size, --concurrency and --max-attempts must be at least 1.")
         if min(options["poll_interval"], options["shutdown_timeout"]) <= 0 or options["min_age"] < 0:
             raise CommandError("--poll-interval and --shutdown-timeout must be above 0, --min-age not negative.")
         if isinstance(get_channel_layer(), InMemoryChannelLayer):
@@ -149,7 +161,7 @@ class Command(BaseCommand):
                 still = f"still pending {pending} ({stuck} stuck at {limit}+ attempts)"
                 self.stdout.write(f"Done: {totals.line()}; {still}.")
             try:
-                await asyncio.wait_for(alayer_close(), timeout=CLOSE_TIMEOUT_SECONDS)
+                await asyncio.wait_for(aconnections_close(), timeout=CLOSE_TIMEOUT_SECONDS)
             except Exception as exc:  # The process is ending; its sockets close with it.
                 self.stderr.write(f"Could not close the channel layer cleanly: {exc!r}")
         finally:
@@ -161,13 +173,37 @@ class Command(BaseCommand):
     async def _drain(
         self, options: dict[str, Any], hooks: list[tuple[str, Any]], stop: asyncio.Event, totals: Totals
     ) -> None:
+        """``--concurrency`` batches at once: one claims while another sends and a third records.
+
+        They never share a user (a claim skips users another holds), so each
+        user's events still go out in seq order, from one of them at a time.
+        """
         # --once tries every pending event once, backoff or not; follow mode respects backoff.
+        progress = _Progress(next_at=time.monotonic() + PROGRESS_SECONDS)
         tried_and_failed: set[uuid.UUID] = set()
+        claiming = asyncio.Lock()
+        await asyncio.gather(
+            *(
+                self._drain_worker(
+                    options, hooks if index == 0 else [], stop, totals, tried_and_failed, progress, claiming
+                )
+                for index in range(options["concurrency"])
+            )
+        )
+
+    async def _drain_worker(
+        self,
+        options: dict[str, Any],
+        hooks: list[tuple[str, Any]],
+        stop: asyncio.Event,
+        totals: Totals,
+        tried_and_failed: set[uuid.UUID],
+        progress: "_Progress",
+        claiming: asyncio.Lock,
+    ) -> None:
         next_hooks = 0.0
-        reported = (0, 0)
-        next_progress = time.monotonic() + PROGRESS_SECONDS
         while not stop.is_set():
-            if time.monotonic() >= next_hooks:
+            if hooks and time.monotonic() >= next_hooks:
                 await self._run_hooks(hooks)
                 next_hooks = time.monotonic() + settings.DRAIN_HOOK_SECONDS
             try:
@@ -175,13 +211,14 @@ class Command(BaseCommand):
                     batch_size=options["batch_size"],
                     min_age_seconds=options["min_age"],
                     backoff=not options["once"],
-                    exclude=tried_and_failed,
+                    exclude=frozenset(tried_and_failed),
                     stop=stop,
                     on_claimed=self._claimed if self.verbosity >= 3 else None,
+                    claiming=claiming,
                 )
             except DatabaseError as exc:
                 # Claims and records are each one short transaction: a failed one
-                # changed nothing, and events it had leased return when the lease ends.
+                # changed nothing, and users it had leased return when the lease ends.
                 metrics.database_error(operation="drain")
                 if options["once"]:
                     raise CommandError(f"The database is unavailable: {exc}", returncode=1) from None
@@ -198,10 +235,10 @@ class Command(BaseCommand):
                     f"Batch: published {result.published}, failed {result.failed}, released {result.released}."
                 )
             now = time.monotonic()
-            if self.verbosity >= 1 and now >= next_progress and reported != (totals.published, totals.failed_attempts):
+            if self.verbosity >= 1 and now >= progress.next_at and progress.reported != totals.line():
                 self.stdout.write(f"Progress: {totals.line()}.")
-                reported = (totals.published, totals.failed_attempts)
-                next_progress = now + PROGRESS_SECONDS
+                progress.reported = totals.line()
+                progress.next_at = now + PROGRESS_SECONDS
             if result.claimed < options["batch_size"]:
                 if options["once"]:
                     return
