@@ -202,8 +202,8 @@ class AguiConsumer(AsyncHttpConsumer):
                 return None
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > limit:
-                raise Refusal(413, "too_large", f"The body is over {limit} bytes.")
+            if size > limit:  # As Django answers an API body over the limit.
+                raise Refusal(400, "bad_request", f"The body is over {limit} bytes.")
             chunks.append(chunk)
             if not message.get("more_body"):
                 return b"".join(chunks)

@@ -116,6 +116,14 @@ async def test_a_bad_run_agent_input_is_refused_as_post_api_runs_refuses_it(
     assert not await AgentRun.objects.aexists()
 
 
+async def test_a_body_over_djangos_limit_is_refused_as_the_rest_api_refuses_it(alice: Any, settings: Any) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 100
+    body = {**RUN_INPUT, "messages": [{"id": "m", "role": "user", "content": "x" * 100}]}
+    communicator = await request("POST", "/api/ag-ui/demo/", token=access_token(alice), body=body)
+    assert await refusal(communicator) == (400, "bad_request")
+    assert not await AgentRun.objects.aexists()
+
+
 async def test_an_unknown_agent_is_not_found(alice: Any) -> None:
     communicator = await request("POST", "/api/ag-ui/nope/", token=access_token(alice), body=RUN_INPUT)
     assert await refusal(communicator) == (404, "unknown_agent")
