@@ -1,10 +1,11 @@
+import importlib.util
 import logging
 
 from django.apps import AppConfig
 
 logger = logging.getLogger(__name__)
 
-OPTIONAL_PACKAGES = frozenset({"langchain_core", "langgraph"})
+OPTIONAL_PACKAGES = ("langchain_core", "langgraph")
 
 
 class AgentsConfig(AppConfig):
@@ -15,10 +16,9 @@ class AgentsConfig(AppConfig):
         # Register the built-in agents and tools.
         from . import builtin  # noqa: F401
 
-        # The LangGraph example needs the optional extra (requirements-agents.txt).
-        try:
+        # The LangGraph example needs the optional extra (requirements-agents.txt). It is
+        # looked for, not imported: LangChain loads when a run needs it, not at every start.
+        if all(importlib.util.find_spec(name) is not None for name in OPTIONAL_PACKAGES):
             from .langchain import example  # noqa: F401
-        except ImportError as exc:
-            if (exc.name or "").split(".")[0] not in OPTIONAL_PACKAGES:
-                raise
-            logger.debug("LangChain/LangGraph are not installed (%s): langgraph_words is not registered", exc.name)
+        else:
+            logger.debug("LangChain/LangGraph are not installed: the langgraph_words agent is not registered")

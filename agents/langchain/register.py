@@ -1,22 +1,26 @@
-"""Register a LangChain runnable or a LangGraph graph as an agent, in one call."""
+"""Register a LangChain runnable or a LangGraph graph as an agent, in one call.
+
+Importing this module costs nothing: LangChain is imported when a run first
+needs it, so registering agents does not slow every process's start (about
+half a second for langchain-core and LangGraph here).
+"""
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
-
-from langchain_core.messages import BaseMessage
-from langchain_core.runnables import Runnable
+from typing import TYPE_CHECKING, Any
 
 from ..registry import InputValidator, agent
 from ..runner import RunContext
-from .handler import RunCallbackHandler, jsonable
 
-GraphFactory = Callable[[dict[str, Any]], Runnable[Any, Any]]
+if TYPE_CHECKING:
+    from langchain_core.runnables import Runnable
+
+GraphFactory = Callable[[dict[str, Any]], "Runnable[Any, Any]"]
 
 
 def graph_agent(
     name: str,
-    graph: Runnable[Any, Any] | GraphFactory,
+    graph: "Runnable[Any, Any] | GraphFactory",
     *,
     description: str,
     graph_input: Callable[[dict[str, Any]], Any] = lambda value: value,
@@ -34,6 +38,10 @@ def graph_agent(
     """
 
     async def run(ctx: RunContext, input: dict[str, Any]) -> Any:
+        from langchain_core.runnables import Runnable
+
+        from .handler import RunCallbackHandler
+
         runnable = graph if isinstance(graph, Runnable) else graph(input)
         handler = RunCallbackHandler(ctx)
         try:
@@ -53,6 +61,10 @@ def graph_agent(
 
 def default_result(output: Any) -> Any:
     """The last message's content when the output is a messages state, else the output as JSON."""
+    from langchain_core.messages import BaseMessage
+
+    from .handler import jsonable
+
     if isinstance(output, dict) and output.get("messages") and isinstance(output["messages"][-1], BaseMessage):
         return jsonable(output["messages"][-1].content)
     return jsonable(output)
