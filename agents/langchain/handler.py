@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -55,6 +55,7 @@ class RunCallbackHandler(AsyncCallbackHandler):
         self._calls: dict[uuid.UUID, str] = {}  # LangChain tool run id -> our call id.
         self._lock = asyncio.Lock()  # Thoughts go out in the order their text came.
         self._timer: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()  # The run's: made by the run, on its loop.
 
     # Streaming: pass every chunk through untouched.
 
@@ -68,16 +69,13 @@ class RunCallbackHandler(AsyncCallbackHandler):
     # Models.
 
     async def on_llm_new_token(self, token: Any, *, chunk: Any = None, **kwargs: Any) -> None:
-        for kind, text in _token_texts(token, chunk):
-            await self._think(self.coalescer.add(text, kind=kind, now_ms=_now_ms()))
-        if self.coalescer.pending and self._timer is None:
-            self._timer = asyncio.get_running_loop().create_task(self._flush_when_due(), name="thinking-flush")
+        await self._on_run_loop(self._token(token, chunk))
 
     async def on_llm_end(self, response: Any, **kwargs: Any) -> None:
-        await self.flush()
+        await self._on_run_loop(self.flush())
 
     async def on_llm_error(self, error: BaseException, **kwargs: Any) -> None:
-        await self.flush()
+        await self._on_run_loop(self.flush())
 
     # Tools.
 
@@ -90,36 +88,63 @@ class RunCallbackHandler(AsyncCallbackHandler):
         inputs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        await self.flush()
         name = str((serialized or {}).get("name") or kwargs.get("name") or "tool")
         args = jsonable(inputs) if isinstance(inputs, dict) else {"input": input_str}
-        self._calls[run_id] = await self.ctx.tool_started(name, args)
+        await self._on_run_loop(self._tool_started(run_id, name, args))
 
     async def on_tool_end(self, output: Any, *, run_id: uuid.UUID, **kwargs: Any) -> None:
-        call_id = self._calls.pop(run_id, None)
-        if call_id is None:
-            return
-        try:
-            await self.ctx.tool_completed(call_id, _tool_result(output))
-        except ToolError as exc:  # Already recorded as the call's failure; the graph has its result.
-            logger.info("Run %s: %s", self.ctx.run_id, exc)
+        await self._on_run_loop(self._tool_completed(run_id, _tool_result(output)))
 
     async def on_tool_error(self, error: BaseException, *, run_id: uuid.UUID, **kwargs: Any) -> None:
-        call_id = self._calls.pop(run_id, None)
-        if call_id is not None:
-            await self.ctx.tool_failed(call_id, _tool_error_message(error))
+        await self._on_run_loop(self._tool_failed(run_id, _tool_error_message(error)))
 
     # The runnable itself.
 
     async def on_chain_end(self, outputs: Any, *, parent_run_id: uuid.UUID | None = None, **kwargs: Any) -> None:
         if parent_run_id is None:
-            await self.flush()
+            await self._on_run_loop(self.flush())
 
     async def on_chain_error(
         self, error: BaseException, *, parent_run_id: uuid.UUID | None = None, **kwargs: Any
     ) -> None:
         if parent_run_id is None:
-            await self.flush()
+            await self._on_run_loop(self.flush())
+
+    async def _on_run_loop(self, work: Coroutine[Any, Any, None]) -> None:
+        """Do ``work`` on the run's event loop, wherever LangChain calls from.
+
+        A sync tool runs in a worker thread, and LangChain calls this handler's
+        callbacks for it there, on an event loop of its own: the run's context,
+        its lock and its database connections belong to the run's loop.
+        """
+        if asyncio.get_running_loop() is self._loop:
+            await work
+        else:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self._loop))
+
+    async def _token(self, token: Any, chunk: Any) -> None:
+        for kind, text in _token_texts(token, chunk):
+            await self._think(self.coalescer.add(text, kind=kind, now_ms=_now_ms()))
+        if self.coalescer.pending and self._timer is None:
+            self._timer = self._loop.create_task(self._flush_when_due(), name="thinking-flush")
+
+    async def _tool_started(self, run_id: uuid.UUID, name: str, args: dict[str, Any]) -> None:
+        await self.flush()
+        self._calls[run_id] = await self.ctx.tool_started(name, args)
+
+    async def _tool_completed(self, run_id: uuid.UUID, result: Any) -> None:
+        call_id = self._calls.pop(run_id, None)
+        if call_id is None:
+            return
+        try:
+            await self.ctx.tool_completed(call_id, result)
+        except ToolError as exc:  # Already recorded as the call's failure; the graph has its result.
+            logger.info("Run %s: %s", self.ctx.run_id, exc)
+
+    async def _tool_failed(self, run_id: uuid.UUID, message: str) -> None:
+        call_id = self._calls.pop(run_id, None)
+        if call_id is not None:
+            await self.ctx.tool_failed(call_id, message)
 
     async def flush(self) -> None:
         """Send whatever text is held, as one thought."""

@@ -23,16 +23,20 @@ class Recorder:
         self.thought = asyncio.Event()
         self.unsendable = unsendable
         self.run_id = uuid.uuid4()
+        self.loops: set[asyncio.AbstractEventLoop] = set()
 
     async def think(self, thought: str) -> None:
+        self.loops.add(asyncio.get_running_loop())
         self.calls.append(("think", thought))
         self.thought.set()
 
     async def tool_started(self, name: str, args: dict[str, Any]) -> str:
+        self.loops.add(asyncio.get_running_loop())
         self.calls.append(("started", name, args))
         return f"call-{len(self.calls)}"
 
     async def tool_completed(self, call_id: str, result: Any) -> None:
+        self.loops.add(asyncio.get_running_loop())
         self.calls.append(("completed", call_id, result))
         if self.unsendable:
             raise ToolError("Tool t failed: The tool returned a result that cannot be sent.")
@@ -112,3 +116,20 @@ async def test_an_unsendable_result_is_the_calls_failure_not_the_graphs(caplog: 
     await handler.on_tool_end("x" * 10, run_id=run_id)
     assert "cannot be sent" in caplog.text
     await handler.aclose()
+
+
+async def test_callbacks_from_a_worker_threads_loop_are_recorded_on_the_runs_loop() -> None:
+    """As LangChain calls them for a sync tool: from a worker thread, on an event loop of its own."""
+    recorder = Recorder()
+    handler = handler_of(recorder, window_ms=60_000, max_chars=1000)
+    run_id = uuid.uuid4()
+
+    def in_a_worker_thread() -> None:
+        asyncio.run(handler.on_tool_start({"name": "sync_tool"}, "", run_id=run_id, inputs={"n": 1}))
+        asyncio.run(handler.on_llm_new_token("held", chunk=chunk("held"), run_id=uuid.uuid4()))
+        asyncio.run(handler.on_tool_end(2, run_id=run_id))
+
+    await asyncio.wait_for(asyncio.to_thread(in_a_worker_thread), timeout=WAIT_SECONDS)
+    await handler.aclose()
+    assert recorder.calls == [("started", "sync_tool", {"n": 1}), ("completed", "call-1", 2), ("think", "held")]
+    assert recorder.loops == {asyncio.get_running_loop()}
