@@ -54,7 +54,8 @@ class EventFields:
 
 
 WriteBatch = Callable[[list[EventFields]], Awaitable[list[Event | Exception]]]
-PublishBatch = Callable[[list[Event]], Awaitable[None]]
+PublishBatch = Callable[[list[Event]], Awaitable[str | None]]
+RecordOutcome = Callable[[list[Event], str | None], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -69,18 +70,24 @@ class GroupWriter:
 
     ``write`` commits a batch and returns, in the same order, each event's
     row or the exception that kept it out (or raises, having written
-    nothing); ``publish`` sends the committed rows and records the outcome
-    (it never raises for a layer failure).
+    nothing); ``publish`` sends the committed rows and returns None or why
+    the send failed (it never raises for a layer failure); ``record`` then
+    writes that outcome (published, or an attempt that failed). Callers are
+    resolved between the two: the outcome is bookkeeping, and a batch
+    recording it no longer holds them, while the next batch is written.
     """
 
     write: WriteBatch
     publish: PublishBatch
+    record_outcome: RecordOutcome
     batches_in_flight: int = BATCHES_IN_FLIGHT
     queue: list[_Queued] = field(default_factory=list)
     tasks: "set[asyncio.Task[None]]" = field(default_factory=set)
+    # One future per batch recording its outcome (its callers already returned), done when it is recorded.
+    recording: "set[asyncio.Future[None]]" = field(default_factory=set)
 
     async def record(self, fields: EventFields) -> Event:
-        """Queue one event; return its row once it is committed and its publish is recorded."""
+        """Queue one event; return its row once it is committed and published (or its publish failed)."""
         loop = asyncio.get_running_loop()
         queued = _Queued(fields, loop.create_future())
         self.queue.append(queued)
@@ -108,14 +115,23 @@ class GroupWriter:
             return
         rows = [result for result in results if isinstance(result, Event)]
         try:
-            if rows:
-                await self.publish(rows)
+            reason = await self.publish(rows) if rows else None
         except Exception:
             # Written, maybe not published: the rows stay pending, and the drainer sends them.
             logger.exception("Publishing a batch of %d events failed; they stay pending", len(rows))
+            rows = []
         finally:
             for queued, result in zip(batch, results, strict=True):
                 _settle(queued.done, result)
+        if rows:
+            recorded = asyncio.get_running_loop().create_future()
+            self.recording.add(recorded)
+            try:
+                # Not recorded (this task cancelled at shutdown, say): they stay pending, sent again by the drainer.
+                await self.record_outcome(rows, reason)
+            finally:
+                self.recording.discard(recorded)
+                recorded.set_result(None)
 
 
 def _settle(done: "asyncio.Future[Event]", result: Event | BaseException) -> None:
@@ -134,10 +150,10 @@ def _settle(done: "asyncio.Future[Event]", result: Event | BaseException) -> Non
 _writers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupWriter]" = weakref.WeakKeyDictionary()
 
 
-def group_writer(*, write: WriteBatch, publish: PublishBatch) -> GroupWriter:
+def group_writer(*, write: WriteBatch, publish: PublishBatch, record_outcome: RecordOutcome) -> GroupWriter:
     """The running loop's writer (made on first use)."""
     loop = asyncio.get_running_loop()
     writer = _writers.get(loop)
     if writer is None:
-        writer = _writers[loop] = GroupWriter(write=write, publish=publish)
+        writer = _writers[loop] = GroupWriter(write=write, publish=publish, record_outcome=record_outcome)
     return writer

@@ -1,4 +1,4 @@
-"""The group writer's path on PostgreSQL: psycopg's async connections on the event loop, two round trips a batch.
+"""The group writer's path on PostgreSQL: psycopg's async connections on the event loop, one statement a batch.
 
 Measured before it (bench/RESULTS.md): through the ORM, a batch made six
 round trips from a thread of the pool, and each reply waited for the GIL,
@@ -9,10 +9,19 @@ no thread:
 
 - the loop's own connections (at most ``CONNECTIONS_PER_LOOP``, one per
   batch in flight), made on first use and reused;
-- a batch is one pipelined round trip (lock the users' stream rows in user
-  order, then one ``INSERT … SELECT`` that advances the streams and gives
-  each row its seq in SQL) and a second for the ``COMMIT``;
+- a batch is one statement in its own transaction (autocommit), so one
+  round trip: it locks the users' stream rows in user order, advances
+  them, and inserts every row with its seq. Each ``execute`` of psycopg's
+  async connection costs about 65 µs of CPU, more than the statement's
+  share of most batches, so a batch makes one;
 - statements are prepared on their fifth use (``DB_PREPARED_STATEMENTS``).
+
+A user with no stream row yet gets no seq, which the table refuses
+(``seq`` is NOT NULL): nothing is written, the rows are made in a statement
+of their own, and the batch is written again. Each row's id is chosen
+here, so a batch sent again after its connection broke cannot be written
+twice: if the first try did commit, the second finds its ids taken and
+reads the rows back.
 
 Errors come out as Django's (``django.db.OperationalError`` and the rest),
 as from the ORM. While the database is down, connecting fails at once
@@ -36,7 +45,8 @@ from typing import Any
 import psycopg
 from django.conf import settings
 from django.db import connections, utils
-from psycopg import pq
+from psycopg import errors
+from psycopg.pq import TransactionStatus
 
 from config.postgresql.base import outage
 
@@ -50,17 +60,20 @@ CONNECTIONS_PER_LOOP = BATCHES_IN_FLIGHT
 NETWORK_GRACE_SECONDS = 2.0
 
 _EVENTS = Event._meta.db_table
+_EVENTS_PK = f"{_EVENTS}_pkey"
 _STREAMS = Stream._meta.db_table
 
-# Locks the users' stream rows in user order, so that batches sharing users queue instead of deadlocking.
-_LOCK = f'SELECT user_id FROM "{_STREAMS}" WHERE user_id = ANY(%s) ORDER BY user_id FOR UPDATE'  # noqa: S608
-# Advances each user's stream by their count and writes the rows: seq = the stream's old end + the
-# row's place among that user's rows in the batch (``k``, 1-based, in the order they were asked for).
+# ``locked`` takes the users' stream rows in user order (so batches sharing users queue instead of
+# deadlocking) before ``advanced`` touches any: it updates only rows it finds there. Each row's seq is
+# its user's old end + its place among that user's rows in the batch (``k``, 1-based, in the order
+# they were asked for); a user with no stream row gets NULL, which the NOT NULL ``seq`` refuses.
 _INSERT = f"""
-WITH advanced AS (
+WITH locked AS MATERIALIZED (
+    SELECT user_id FROM "{_STREAMS}" WHERE user_id = ANY(%(users)s::bigint[]) ORDER BY user_id FOR UPDATE
+), advanced AS (
     UPDATE "{_STREAMS}" AS s SET last_seq = s.last_seq + c.n
     FROM unnest(%(users)s::bigint[], %(counts)s::bigint[]) AS c(user_id, n)
-    WHERE s.user_id = c.user_id
+    WHERE s.user_id = c.user_id AND s.user_id IN (SELECT user_id FROM locked)
     RETURNING s.user_id, s.last_seq - c.n AS base
 )
 INSERT INTO "{_EVENTS}" (id, user_id, seq, event, run_id, agent, data, created_at, publish_attempts, last_error)
@@ -69,9 +82,10 @@ FROM unnest(
     %(ids)s::uuid[], %(user_ids)s::bigint[], %(ks)s::bigint[], %(events)s::text[], %(run_ids)s::uuid[],
     %(agents)s::text[], %(datas)s::text[]
 ) AS e(id, user_id, k, event, run_id, agent, data)
-JOIN advanced AS a ON a.user_id = e.user_id
+LEFT JOIN advanced AS a ON a.user_id = e.user_id
 RETURNING id, seq
 """  # noqa: S608
+_WRITTEN = f'SELECT id, seq FROM "{_EVENTS}" WHERE id = ANY(%s::uuid[])'  # noqa: S608
 _STREAMS_MAKE = (
     f'INSERT INTO "{_STREAMS}" (user_id, last_seq, acked_seq, pruned_seq) '
     "SELECT unnest(%s::bigint[]), 0, 0, 0 ON CONFLICT (user_id) DO NOTHING"
@@ -84,11 +98,7 @@ _MARK_FAILED = (
 
 
 class _Stale(Exception):
-    """A reused connection failed before the batch's commit was sent: the server had ended it."""
-
-
-class StreamsMissing(Exception):
-    """Some users of a batch have no stream row yet: it is made in a statement of its own, and the batch retried."""
+    """A reused connection broke under a statement: the server had ended it, or went away meanwhile."""
 
 
 async def aevents_insert(batch: Sequence[EventFields], *, now: datetime) -> list[Event]:
@@ -97,52 +107,58 @@ async def aevents_insert(batch: Sequence[EventFields], *, now: datetime) -> list
     All or nothing: raises Django's ``DatabaseError`` (or a subclass), having
     committed nothing, or returns every row.
     """
+    ids = [uuid.uuid4() for _ in batch]
+    params = _insert_params(batch, ids=ids, now=now)
     stale_retried = streams_made = False
     while True:
         try:
-            return await _ainsert_once(batch, now=now)
+            written = await _aexecute(_INSERT, params)
         except _Stale as stale:
             if stale_retried:
                 raise utils.OperationalError(str(stale.__cause__)) from stale.__cause__
-            # The server ended the loop's idle connections (a restart, a failover): nothing was
-            # committed, as the commit had not been sent. Once more, on a connection of now.
+            # The server ended the loop's idle connections (a restart, a failover). Once more on a
+            # connection of now, with the same ids: if the first try had committed, they are taken.
             stale_retried = True
             await _adiscard_idle()
-        except StreamsMissing as missing:
-            if streams_made:  # Made, and gone again: their users were deleted meanwhile.
-                raise utils.IntegrityError(f"No stream rows for users {missing.args[0]}") from None
-            # Making the rows inside the batch's transaction would lock them out of user
-            # order (and a row another batch is making is invisible until it commits).
+            continue
+        except utils.IntegrityError as exc:
+            cause = exc.__cause__
+            if stale_retried and isinstance(cause, errors.UniqueViolation) and cause.diag.constraint_name == _EVENTS_PK:
+                written = await _aexecute(_WRITTEN, [ids])  # Committed by the try that lost its connection.
+                if len(written) == len(batch):
+                    break
+            if streams_made or not (isinstance(cause, errors.NotNullViolation) and cause.diag.column_name == "seq"):
+                raise
+            # Users without a stream row yet. Making the rows inside the batch's statement would lock
+            # them out of user order (and a row another batch is making is invisible until it commits).
             streams_made = True
-            await _aexecute_once(_STREAMS_MAKE, [missing.args[0]])
+            await _aexecute(_STREAMS_MAKE, [sorted({fields.user_id for fields in batch})])
+            continue
+        break
+    seqs = dict(written)
+    return [
+        Event(
+            id=event_id,
+            user_id=fields.user_id,
+            seq=seqs[event_id],
+            event=fields.event,
+            run_id=fields.run_id,
+            agent=fields.agent,
+            data=fields.data,
+            created_at=now,
+        )
+        for event_id, fields in zip(ids, batch, strict=True)
+    ]
 
 
 async def aevents_mark_published(*, event_ids: Sequence[uuid.UUID], now: datetime) -> None:
     """Mark sent events published (those not already), in one round trip."""
-    await _aexecute_once(_MARK_PUBLISHED, [now, list(event_ids)])
+    await _aexecute_idempotent(_MARK_PUBLISHED, [now, list(event_ids)])
 
 
 async def aevents_mark_failed(*, event_ids: Sequence[uuid.UUID], reason: str, next_attempt_at: datetime) -> None:
     """Count a failed publish of events still pending, and when the drainer may try again."""
-    await _aexecute_once(_MARK_FAILED, [reason, next_attempt_at, list(event_ids)])
-
-
-async def _aexecute_once(statement: str, params: list[Any]) -> None:
-    """Execute and commit an idempotent statement; again on a fresh connection if a reused one had been ended."""
-    for attempt in (1, 2):
-        try:
-            async with _connection() as (conn, reused):
-                try:
-                    async with conn.pipeline():
-                        await conn.execute(statement, params)
-                        await conn.commit()
-                except psycopg.OperationalError as exc:
-                    if reused and attempt == 1 and conn.broken:
-                        raise _Stale from exc
-                    raise
-                return
-        except _Stale:
-            await _adiscard_idle()
+    await _aexecute_idempotent(_MARK_FAILED, [reason, next_attempt_at, list(event_ids)])
 
 
 async def aclose() -> None:
@@ -155,7 +171,7 @@ async def aclose() -> None:
         pool.idle.clear()
 
 
-async def _ainsert_once(batch: Sequence[EventFields], *, now: datetime) -> list[Event]:
+def _insert_params(batch: Sequence[EventFields], *, ids: list[uuid.UUID], now: datetime) -> dict[str, Any]:
     counts = Counter(fields.user_id for fields in batch)
     users = sorted(counts)
     place: Counter[int] = Counter()
@@ -163,8 +179,7 @@ async def _ainsert_once(batch: Sequence[EventFields], *, now: datetime) -> list[
     for fields in batch:
         place[fields.user_id] += 1
         ks.append(place[fields.user_id])
-    ids = [uuid.uuid4() for _ in batch]
-    params = {
+    return {
         "users": users,
         "counts": [counts[user] for user in users],
         "now": now,
@@ -176,39 +191,30 @@ async def _ainsert_once(batch: Sequence[EventFields], *, now: datetime) -> list[
         "agents": [fields.agent for fields in batch],
         "datas": [json.dumps(fields.data, separators=(",", ":"), ensure_ascii=False) for fields in batch],
     }
+
+
+async def _aexecute(statement: str, params: Any) -> list[Any]:
+    """Run one statement in a transaction of its own; return its rows. ``_Stale`` if a reused connection broke."""
     async with _connection() as (conn, reused):
         try:
-            async with conn.pipeline() as pipeline:
-                locking = await conn.execute(_LOCK, [users])
-                inserting = await conn.execute(_INSERT, params)
-                await pipeline.sync()
-                locked = {user for (user,) in await locking.fetchall()}
-                written = dict(await inserting.fetchall())
+            cursor = await conn.execute(statement, params)
+            return await cursor.fetchall() if cursor.description is not None else []
         except psycopg.OperationalError as exc:
             if reused and conn.broken:
                 raise _Stale from exc
             raise
-        if len(locked) < len(users):
-            await conn.rollback()
-        else:
-            await conn.commit()
-    if len(locked) < len(users):
-        raise StreamsMissing(sorted(set(users) - locked))
-    if len(written) != len(batch):
-        raise utils.DatabaseError(f"Wrote {len(written)} of a batch of {len(batch)} events")
-    return [
-        Event(
-            id=event_id,
-            user_id=fields.user_id,
-            seq=written[event_id],
-            event=fields.event,
-            run_id=fields.run_id,
-            agent=fields.agent,
-            data=fields.data,
-            created_at=now,
-        )
-        for event_id, fields in zip(ids, batch, strict=True)
-    ]
+
+
+async def _aexecute_idempotent(statement: str, params: Any) -> None:
+    """Run a statement that may run twice; again on a fresh connection if a reused one broke under it."""
+    try:
+        await _aexecute(statement, params)
+    except _Stale:
+        await _adiscard_idle()
+        try:
+            await _aexecute(statement, params)
+        except _Stale as stale:
+            raise utils.OperationalError(str(stale.__cause__)) from stale.__cause__
 
 
 @dataclass
@@ -262,17 +268,10 @@ async def _adiscard_idle() -> None:
 
 
 async def _arelease(pool: _LoopPool, conn: psycopg.AsyncConnection[Any] | None, *, sound: bool) -> None:
-    """Put a connection back if it is idle and sound; roll back an open transaction; close it otherwise."""
+    """Put a connection back if it is sound and idle; close it otherwise."""
     if conn is None:
         return
-    status = conn.info.transaction_status
-    if sound and not conn.closed and status in (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR):
-        try:
-            await conn.rollback()
-        except psycopg.Error:
-            sound = False
-        status = conn.info.transaction_status
-    if sound and not pool.closed and not conn.closed and status == pq.TransactionStatus.IDLE:
+    if sound and not pool.closed and not conn.broken and conn.info.transaction_status == TransactionStatus.IDLE:
         pool.idle.append(conn)
         return
     await conn.close()
@@ -285,7 +284,7 @@ async def _aconnect() -> psycopg.AsyncConnection[Any]:
     except psycopg.OperationalError as exc:
         raise utils.OperationalError(str(exc)) from exc
     try:
-        conn = await psycopg.AsyncConnection.connect(**_connection_params())
+        conn = await psycopg.AsyncConnection.connect(**_connection_params(), autocommit=True)
     except psycopg.Error as exc:
         outage.failed(probe_seconds=probe_seconds, error=exc)
         raise

@@ -36,6 +36,8 @@ from .models import Event, EventType, Stream
 logger = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_SECONDS = 5.0
+# How long closing a loop's connections waits for the publish outcomes being recorded.
+CLOSE_OUTCOMES_SECONDS = 2.0
 LAST_ERROR_MAX_CHARS = 500
 AGENT_NAME_MAX_CHARS = 100
 SHOWN_MAX_CHARS = 60
@@ -78,10 +80,24 @@ async def aevent_record(
     Concurrent calls in one process share one transaction and one publish
     round trip (``groupcommit``); a bad event is refused here, before it
     joins anyone's batch. Raises ``DatabaseError`` if the event was not written.
+    The publish's outcome (published, or a failed attempt) is recorded just
+    after the call returns: ``aevents_outcomes_recorded`` waits for it.
     """
     run_uuid = _event_validate(event=event, run_id=run_id, agent=agent, data=data)
-    writer = group_writer(write=_aevents_write, publish=_aevents_publish)
+    writer = group_writer(write=_aevents_write, publish=_aevents_publish, record_outcome=_aevents_record_outcome)
     return await writer.record(EventFields(user_id=int(user_id), event=event, run_id=run_uuid, agent=agent, data=data))
+
+
+async def aevents_outcomes_recorded(*, timeout_seconds: float = 5.0) -> None:
+    """Wait until the publish outcomes this loop is recording now are written (tests, and a command about to exit).
+
+    Raises ``TimeoutError`` past ``timeout_seconds``; events whose outcome is
+    not recorded stay pending, and the drainer sends them again.
+    """
+    writer = group_writer(write=_aevents_write, publish=_aevents_publish, record_outcome=_aevents_record_outcome)
+    if writer.recording:
+        async with asyncio.timeout(timeout_seconds):
+            await asyncio.wait(set(writer.recording))
 
 
 async def aevents_record_if(
@@ -213,7 +229,14 @@ async def alayer_close() -> None:
 
 
 async def aconnections_close() -> None:
-    """Close this event loop's connections: the channel layer's and the event writer's (before the loop ends)."""
+    """Close this event loop's connections: the channel layer's and the event writer's (before the loop ends).
+
+    Batches still recording their publish outcome finish first (within 5 s).
+    """
+    try:
+        await aevents_outcomes_recorded(timeout_seconds=CLOSE_OUTCOMES_SECONDS)
+    except TimeoutError:
+        logger.warning("Publish outcomes still being recorded at close; those events stay pending for the drainer")
     try:
         await alayer_close()
     finally:
@@ -333,9 +356,13 @@ def _events_insert(batch: list[EventFields]) -> list[Event]:
     return rows
 
 
-async def _aevents_publish(rows: list[Event]) -> None:
-    """Publish a committed batch and record the outcome in one statement."""
-    reason = await aevents_send(events=rows)
+async def _aevents_publish(rows: list[Event]) -> str | None:
+    """Publish a committed batch; return None, or why it failed."""
+    return await aevents_send(events=rows)
+
+
+async def _aevents_record_outcome(rows: list[Event], reason: str | None) -> None:
+    """Record a batch's publish in one statement: published, or a failed attempt that backs off."""
     ids = [row.id for row in rows]
     on_postgresql = connection.vendor == "postgresql"
     if reason is None:

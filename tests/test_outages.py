@@ -396,6 +396,8 @@ def test_run_agent_ends_its_run_as_unavailable_when_the_database_is_back(stack: 
 def test_run_agent_gives_up_on_a_second_interrupt_while_the_database_is_down(stack: Stack) -> None:
     with run_agent_in_outage(stack) as (process, output):
         process.send_signal(signal.SIGINT)
+        # Handled before the second is sent: two SIGINTs sent at once may reach the process as one.
+        output.until("Interrupted: cancelling the run", timeout=10)
         output.until("Could not record the end of run", timeout=10)
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=10) == 1

@@ -72,6 +72,7 @@ async def test_concurrent_writes_are_batched_gapless_and_each_writer_in_order(
     rows = fired_rows + [row for batch in results[400:] for row in batch]  # type: ignore[attr-defined]
     stored_ids = await sync_to_async(lambda: set(Event.objects.values_list("id", flat=True)))()
     assert {row.id for row in rows} == stored_ids
+    await services.aevents_outcomes_recorded()
     assert await Event.objects.filter(published_at__isnull=True).acount() == 0
 
 
@@ -256,7 +257,11 @@ async def test_a_failed_publish_leaves_exactly_that_batch_pending(
 
 async def _no_writer_left() -> None:
     """The writer task ends when its queue is empty."""
-    writer = groupcommit.group_writer(write=services._aevents_write, publish=services._aevents_publish)
+    writer = groupcommit.group_writer(
+        write=services._aevents_write,
+        publish=services._aevents_publish,
+        record_outcome=services._aevents_record_outcome,
+    )
     if writer.tasks:
         await asyncio.wait_for(asyncio.gather(*writer.tasks), timeout=5)
     assert not writer.tasks and not writer.queue

@@ -17,7 +17,7 @@ from django.db import OperationalError, connection
 
 from notifications import pgwrite
 from notifications.models import Event
-from notifications.services import aevent_record
+from notifications.services import aevent_record, aevents_outcomes_recorded
 from tests.conftest import test_database_url
 
 pytestmark = pytest.mark.skipif(connection.vendor != "postgresql", reason="the PostgreSQL writer's own connections")
@@ -44,12 +44,14 @@ async def test_connections_the_server_ended_are_replaced_without_failing_the_bat
     redis_layer: Any, alice: Any
 ) -> None:
     await asyncio.gather(*(record(alice.pk, index) for index in range(8)))  # Several connections open.
+    await aevents_outcomes_recorded()
     idle = pgwrite._pools[asyncio.get_running_loop()].idle
     assert idle
     await backends_ended([conn.info.backend_pid for conn in idle])
 
     event = await record(alice.pk, 8)
     assert event.seq == 9
+    await aevents_outcomes_recorded()
     assert await sync_to_async(seqs)(alice.pk) == list(range(1, 10))
     assert await Event.objects.filter(published_at__isnull=True).acount() == 0
 
@@ -71,3 +73,27 @@ async def test_a_batch_the_server_does_not_answer_fails_in_bound_and_leaves_no_g
     event = await record(alice.pk, 2)
     assert event.seq == 2  # The batch that timed out committed nothing.
     assert await sync_to_async(seqs)(alice.pk) == [1, 2]
+
+
+async def test_a_batch_whose_reply_was_lost_after_its_commit_is_not_written_twice(
+    redis_layer: Any, alice: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server committed, then the connection broke before the reply came: sent again, it is found, not doubled."""
+    execute = pgwrite._aexecute
+    lost: list[str] = []
+
+    async def reply_lost_once(statement: str, params: Any) -> list[Any]:
+        rows = await execute(statement, params)
+        if statement == pgwrite._INSERT and not lost:
+            lost.append(statement)
+            raise pgwrite._Stale from psycopg.OperationalError("server closed the connection unexpectedly")
+        return rows
+
+    await record(alice.pk, 0)
+    monkeypatch.setattr(pgwrite, "_aexecute", reply_lost_once)
+    events = await asyncio.gather(*(record(alice.pk, index) for index in range(1, 6)))
+    assert lost
+    assert sorted(event.seq for event in events) == [2, 3, 4, 5, 6]
+    assert await sync_to_async(seqs)(alice.pk) == list(range(1, 7))  # Each once.
+    await aevents_outcomes_recorded()
+    assert await Event.objects.filter(published_at__isnull=True).acount() == 0

@@ -71,6 +71,10 @@ class Command(BaseCommand):
             # reaper of drain_events ends the run instead.
             nonlocal interrupted
             again, interrupted = interrupted, True
+            if again:
+                self.stderr.write("Interrupted again: not waiting for the run's end to be recorded.")
+            else:
+                self.stderr.write("Interrupted: cancelling the run (interrupt again to stop waiting for its end).")
             for run in started:
                 supervisor.cancel(run.id, reason=INTERRUPT_REASON)
                 if again:
