@@ -220,8 +220,9 @@ async def test_the_stream_ends_when_its_token_expires_and_the_run_goes_on(alice:
     token = access_token(alice, lifetime=timedelta(seconds=1))
     communicator = await request("POST", "/api/ag-ui/test_hangs/", token=token, body=RUN_INPUT)
     status, _, body = await answer(communicator)  # Ends by itself, without the run's end.
-    events, comments = sse_parse(body.decode())
-    assert status == 200 and "keep-alive" in comments
+    # (A token's exp is whole seconds: this one lasts from a moment to a second, so keep-alives may not come.)
+    events, _ = sse_parse(body.decode())
+    assert status == 200
     assert [event.data["type"] for event in events][:2] == ["RUN_STARTED", "STEP_STARTED"]
     assert not [event for event in events if event.data["type"] in {"RUN_FINISHED", "RUN_ERROR"}]
     assert (await AgentRun.objects.aget()).status == "running"
