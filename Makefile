@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python requirements.txt requirements-dev.txt
+$(VENV)/.installed: $(BIN)/python requirements.txt requirements-agents.txt requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
@@ -22,7 +22,14 @@ $(ASYNCAPI_TOOLS)/node_modules/.package-lock.json: $(ASYNCAPI_TOOLS)/package.jso
 	cd $(ASYNCAPI_TOOLS) && npm ci --ignore-scripts --no-audit --no-fund --prefer-offline --loglevel=error
 	touch $@
 
-setup: $(VENV)/.installed $(ASYNCAPI_TOOLS)/node_modules/.package-lock.json
+# The official AG-UI client (@ag-ui/client's HttpAgent) that tests/agents/agui/ drive the AG-UI
+# endpoint with; locked and installed the same way.
+AGUI_TOOLS := tools/ag-ui
+$(AGUI_TOOLS)/node_modules/.package-lock.json: $(AGUI_TOOLS)/package.json $(AGUI_TOOLS)/package-lock.json
+	cd $(AGUI_TOOLS) && npm ci --ignore-scripts --no-audit --no-fund --prefer-offline --loglevel=error
+	touch $@
+
+setup: $(VENV)/.installed $(ASYNCAPI_TOOLS)/node_modules/.package-lock.json $(AGUI_TOOLS)/node_modules/.package-lock.json
 
 run: setup
 	$(BIN)/python manage.py migrate --noinput

@@ -1,4 +1,11 @@
+import importlib.util
+import logging
+
 from django.apps import AppConfig
+
+logger = logging.getLogger(__name__)
+
+OPTIONAL_PACKAGES = ("langchain_core", "langgraph")
 
 
 class AgentsConfig(AppConfig):
@@ -8,3 +15,10 @@ class AgentsConfig(AppConfig):
     def ready(self) -> None:
         # Register the built-in agents and tools.
         from . import builtin  # noqa: F401
+
+        # The LangGraph example needs the optional extra (requirements-agents.txt). It is
+        # looked for, not imported: LangChain loads when a run needs it, not at every start.
+        if all(importlib.util.find_spec(name) is not None for name in OPTIONAL_PACKAGES):
+            from .langchain import example  # noqa: F401
+        else:
+            logger.debug("LangChain/LangGraph are not installed: the langgraph_words agent is not registered")

@@ -80,6 +80,7 @@ class RunContext:
         self._emit_lock = asyncio.Lock()
         self._step = 0
         self._started_at = time.monotonic()
+        self._calls: dict[str, tuple[str, float]] = {}  # Started tool calls: call id -> (tool, start time).
 
     async def think(self, thought: str) -> None:
         """Tell the user what the agent is thinking."""
@@ -95,6 +96,24 @@ class RunContext:
         """
         spec = tool_get(name)
         spec.bind(args)
+        call_id = await self.tool_started(name, args)
+        try:
+            result = await (spec.func(**args) if spec.is_async else asyncio.to_thread(spec.func, **args))
+        except Exception as exc:
+            message = user_message(exc)
+            await self.tool_failed(call_id, message)
+            raise ToolError(f"Tool {name} failed: {message}") from exc
+        await self.tool_completed(call_id, result)
+        return result
+
+    async def tool_started(self, name: str, args: dict[str, Any]) -> str:
+        """Announce a call of tool ``name`` (``tool_executing``); return its call id.
+
+        For tools that something else executes, such as a LangChain tool inside
+        a graph; ``tool`` uses it for registered ones. Every call started is
+        ended by ``tool_completed`` or ``tool_failed``, or else by the run's end.
+        Raises ``ToolError`` if the arguments cannot be sent (not JSON, too large).
+        """
         call_id = uuid.uuid4().hex
         try:
             await self._emit(
@@ -102,25 +121,31 @@ class RunContext:
             )
         except InvalidEventData as exc:
             raise ToolError(f"Bad arguments for tool {name}: {exc}") from None
-        started = time.monotonic()
-        try:
-            result = await (spec.func(**args) if spec.is_async else asyncio.to_thread(spec.func, **args))
-        except Exception as exc:
-            message = user_message(exc)
-            await self._tool_failed(call_id, name, started, message)
-            raise ToolError(f"Tool {name} failed: {message}") from exc
+        self._calls[call_id] = (name, time.monotonic())
+        return call_id
+
+    async def tool_completed(self, call_id: str, result: Any) -> None:
+        """Report a started call's result (``tool_completed``, ok).
+
+        A result that cannot be sent (not JSON, too large) is reported as the
+        call's failure instead, and raised as ``ToolError``.
+        """
+        name, started = self._calls[call_id]
         data = {"call_id": call_id, "tool": name, "ok": True, "result": result, "duration_ms": _ms_since(started)}
         try:
             await self._emit(EventType.TOOL_COMPLETED, data, call_id=call_id)
         except InvalidEventData:
             message = "The tool returned a result that cannot be sent (not JSON, or too large)."
-            await self._tool_failed(call_id, name, started, message)
+            await self.tool_failed(call_id, message)
             raise ToolError(f"Tool {name} failed: {message}") from None
-        return result
+        del self._calls[call_id]
 
-    async def _tool_failed(self, call_id: str, name: str, started: float, message: str) -> None:
+    async def tool_failed(self, call_id: str, message: str) -> None:
+        """Report that a started call failed (``tool_completed``, not ok), with a message the user may read."""
+        name, started = self._calls[call_id]
         data = {"call_id": call_id, "tool": name, "ok": False, "error": message, "duration_ms": _ms_since(started)}
         await self._emit(EventType.TOOL_COMPLETED, data, call_id=call_id)
+        del self._calls[call_id]
 
     async def _emit(self, event: str, data: dict[str, Any], *, call_id: str | None = None, tool: str = "") -> None:
         async with self._emit_lock:

@@ -319,7 +319,13 @@ CACHES = {
 # protocol document; the UI's assets are this project's own static files (the sidecar).
 SPECTACULAR_SETTINGS = {
     "TITLE": "Agent events API",
-    "DESCRIPTION": "The REST half of the service; the WebSocket protocol is in docs/protocol.md.",
+    # The AG-UI endpoints are left out: they answer with a Server-Sent Events stream from a
+    # Channels consumer in front of Django, which the schema generator does not see, and
+    # whose events AG-UI's own schemas describe (docs/protocol.md, section 12).
+    "DESCRIPTION": (
+        "The REST half of the service; the WebSocket protocol and the AG-UI streams (`/api/ag-ui/`, "
+        "Server-Sent Events) are in docs/protocol.md."
+    ),
     "VERSION": "1.0.0",
     "SCHEMA_PATH_PREFIX": "/api/",
     "SERVE_INCLUDE_SCHEMA": False,
@@ -429,6 +435,17 @@ AGENT_SHUTDOWN_TIMEOUT_SECONDS = env_float("AGENT_SHUTDOWN_TIMEOUT_SECONDS", 5.0
 AGENT_END_RETRY_MAX_SECONDS = env_float("AGENT_END_RETRY_MAX_SECONDS", 1.0)
 # A run still active this long past its timeout lost its process.
 AGENT_LOST_GRACE_SECONDS = env_float("AGENT_LOST_GRACE_SECONDS", 60.0)
+# LangChain/LangGraph agents (agents/langchain/): model tokens become one agent_thinking
+# event per this many milliseconds or characters of text, whichever comes first.
+AGENT_THINKING_COALESCE_MS = env_float("AGENT_THINKING_COALESCE_MS", 50.0)
+AGENT_THINKING_COALESCE_CHARS = env_int("AGENT_THINKING_COALESCE_CHARS", 400)
+if AGENT_THINKING_COALESCE_MS < 0 or AGENT_THINKING_COALESCE_CHARS < 1:
+    raise ImproperlyConfigured("AGENT_THINKING_COALESCE_MS must be >= 0 and AGENT_THINKING_COALESCE_CHARS >= 1.")
+# AG-UI streams (/api/ag-ui/): an idle stream sends an SSE comment this often,
+# and reads the log then too, so a lost live message delays an event by at most this.
+AGUI_KEEPALIVE_SECONDS = env_float("AGUI_KEEPALIVE_SECONDS", 15.0)
+if AGUI_KEEPALIVE_SECONDS <= 0:
+    raise ImproperlyConfigured("AGUI_KEEPALIVE_SECONDS must be positive.")
 # Async callables (dotted paths) the server awaits on SIGTERM, beside closing sockets.
 SHUTDOWN_HOOKS = env_list("SHUTDOWN_HOOKS", ["agents.supervisor.ashutdown"])
 

@@ -1,6 +1,7 @@
 """REST rate limits: scoped, counted in the shared cache so every server process sees the same totals."""
 
 import logging
+from types import SimpleNamespace
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -35,6 +36,20 @@ class WriteRateThrottle(ScopedThrottle):
         if request.method in ("GET", "HEAD", "OPTIONS"):
             return True
         return super().allow_request(request, view)
+
+
+def write_rate_wait_seconds(*, scope: str, user_id: int) -> float | None:
+    """Count one write of the user in ``scope``, on the REST throttle's own counter; the wait if over the rate.
+
+    For endpoints that are not DRF views (the AG-UI consumer): the same cache
+    key, so starting runs there and through ``POST /api/runs/`` shares one budget.
+    None means allowed. Synchronous: the cache is.
+    """
+    throttle = WriteRateThrottle()
+    request = SimpleNamespace(method="POST", user=SimpleNamespace(pk=user_id, is_authenticated=True))
+    if throttle.allow_request(request, SimpleNamespace(throttle_scope=scope)):  # type: ignore[arg-type]
+        return None
+    return throttle.wait() or 1.0
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:

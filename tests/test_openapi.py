@@ -158,3 +158,9 @@ def test_a_started_run_links_to_reading_and_cancelling_it(openapi_schema: dict[s
         "CancelRun": "runs_cancel",
     }
     assert all(link["parameters"] == {"run_id": "$response.body#/id"} for link in links.values())
+
+
+def test_the_agui_streams_are_left_out_and_the_schema_says_where_they_are(openapi_schema: dict[str, Any]) -> None:
+    # SSE from a consumer outside Django's URLs: AG-UI's own schemas describe its events.
+    assert not [path for path in openapi_schema["paths"] if path.startswith("/api/ag-ui/")]
+    assert "`/api/ag-ui/`" in openapi_schema["info"]["description"]

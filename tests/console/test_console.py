@@ -77,6 +77,26 @@ def test_sign_in_start_demo_and_watch_every_event_arrive_live_in_order(
     )
 
 
+def test_a_langgraph_agent_runs_from_the_console_with_its_thoughts_and_tool_call(
+    open_console: Callable[..., ConsolePage], console_user: Callable[..., Any]
+) -> None:
+    console_user("alice")
+    console = open_console()
+    console.login("alice")
+    run_id = console.start("langgraph_words", {"text": "one two three"})
+    console.expect_event("agent_completed")
+    assert console.timeline() == logged(run_id)
+    assert [event for _, event in console.timeline()] == [
+        "agent_started",
+        *["agent_thinking", "agent_thinking", "tool_executing", "tool_completed", "agent_thinking"],
+        "agent_completed",
+    ]
+    expect(console.page.locator("#timeline .thought").last).to_have_text("The text has 3 words.")
+    expect(console.page.locator("#timeline li[data-event=tool_completed] .event-title")).to_contain_text(
+        "count_words returned in"
+    )
+
+
 def _acked_seq(user: Any) -> int:
     user.event_stream.refresh_from_db()
     return int(user.event_stream.acked_seq)
