@@ -9,7 +9,7 @@ from typing import Any
 from ag_ui.core import Event as AguiEvent
 from pydantic import TypeAdapter
 
-EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(AguiEvent)  # type: ignore[arg-type]  # A union of event models.
+EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(AguiEvent)  # A union of event models.
 
 
 @dataclass(frozen=True, slots=True)
