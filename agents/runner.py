@@ -34,8 +34,6 @@ logger = logging.getLogger(__name__)
 MESSAGE_MAX_CHARS = 500
 RESULT_ENVELOPE_BYTES = 1024
 FINISH_RETRY_FIRST_SECONDS = 0.1
-# How long a cancelled run waits for its last queued event to be written before it records its end.
-EMIT_LANDED_TIMEOUT_SECONDS = 30.0
 UNAVAILABLE_MESSAGE = "The run's events could not be recorded because the database was unavailable."
 Observer = Callable[[Event], None]
 T = TypeVar("T")
@@ -155,11 +153,12 @@ class RunContext:
             # happens, even if this task is cancelled while it publishes.
             before = self._lifecycle.snapshot()
             self._lifecycle.advance(event, call_id=call_id, tool=tool)
-            write = asyncio.ensure_future(
-                aevent_record(user_id=self.user_id, event=event, run_id=self.run_id, agent=self.agent, data=data)
-            )
             try:
-                record = await _landed(write)
+                # Cancelled meanwhile, it still returns only once the event is written (groupcommit): the
+                # run's end, written next under this lock, cannot overtake it.
+                record = await aevent_record(
+                    user_id=self.user_id, event=event, run_id=self.run_id, agent=self.agent, data=data
+                )
             except InvalidEventData:
                 self._lifecycle.restore(before)  # Nothing was written.
                 raise
@@ -331,24 +330,6 @@ async def run_execute(spec: AgentSpec, ctx: RunContext, timeout_seconds: float) 
         outcome = Outcome(RunStatus.FAILED, kind="unavailable", message=UNAVAILABLE_MESSAGE)
     await _uncancellable(ctx._finish(outcome))
     return outcome.status
-
-
-async def _landed(write: "asyncio.Future[Event]") -> Event:
-    """Await an event's write; if this task is cancelled meanwhile, still wait for it to land, then re-raise.
-
-    A queued write goes ahead whoever stops waiting for it (``groupcommit``).
-    Released at once, the run's emit lock would let its terminal event
-    (another transaction) commit first, and the queued event would follow
-    ``agent_error`` in the log. Bounded: the write is.
-    """
-    try:
-        return await asyncio.shield(write)
-    except asyncio.CancelledError:
-        try:
-            await asyncio.wait_for(asyncio.shield(write), timeout=EMIT_LANDED_TIMEOUT_SECONDS)
-        except Exception as exc:  # Not written after all; the run is ending, as it was cancelled.
-            logger.warning("An event of a cancelled run was not written: %r", exc)
-        raise
 
 
 def _completed(result: Any) -> Outcome:

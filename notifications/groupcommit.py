@@ -12,7 +12,9 @@ batches are in flight at once (``BATCHES_IN_FLIGHT``).
 
 The writer is a task of its own, so a caller that is cancelled while it
 waits cancels nothing: its event is still written and published with the
-others (or, if the batch failed, not written at all).
+others (or, if the batch failed, not written at all), and the caller's
+``CancelledError`` comes once that is decided, so whatever it writes next
+comes after.
 
 Only ``aevent_record`` goes through here. ``aevents_record_if`` (a
 condition and its events in one transaction) and ``event_record`` inside
@@ -41,6 +43,8 @@ BATCH_MAX_EVENTS = 500
 # publishes may cross, which connections repair from the log, as for any two
 # writers.
 BATCHES_IN_FLIGHT = 4
+# How long a cancelled caller waits for its queued event's batch (itself bounded) before it returns.
+CANCELLED_WAIT_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +100,14 @@ class GroupWriter:
             task = loop.create_task(self._run(), name="event-group-writer")
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
-        # Shielded: cancelling one caller must not cancel the batch it shares with others.
-        return await asyncio.shield(queued.done)
+        try:
+            # Shielded: cancelling one caller must not cancel the batch it shares with others.
+            return await asyncio.shield(queued.done)
+        except asyncio.CancelledError:
+            # The event is written all the same: the cancelled caller returns once it is, so that
+            # nothing it writes next (a run's end, say, in a transaction of its own) can overtake it.
+            await asyncio.wait([queued.done], timeout=CANCELLED_WAIT_SECONDS)
+            raise
 
     async def _run(self) -> None:
         while self.queue:

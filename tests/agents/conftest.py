@@ -9,16 +9,29 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from django.utils import timezone
 from hypothesis import strategies as st
 
 from agents.builtin import DEMO_DELAY_MAX_SECONDS, DEMO_STEPS_MAX
 from agents.exceptions import AgentError
+from agents.models import ACTIVE_STATUSES, AgentRun
 from agents.registry import agent, tool
 from agents.runner import RunContext
 from agents.supervisor import supervisor
 from notifications.models import Event
 from tests.conftest import ChannelLayers
 from tests.hostile import big_strings, deep_values, field_values, hostile_text, mostly, python_values, weighted
+
+
+@pytest.fixture
+async def runs_stopped(transactional_db: None) -> AsyncIterator[None]:
+    """After the test, cancel what a shared server still runs, before the database is emptied (end-to-end tests)."""
+    yield
+    await AgentRun.objects.filter(status__in=ACTIVE_STATUSES).aupdate(cancel_requested_at=timezone.now())
+    async with asyncio.timeout(10):
+        while await AgentRun.objects.filter(status__in=ACTIVE_STATUSES).aexists():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
 
 NEVER = asyncio.Event  # Each use creates an event nobody sets.
 saved_contexts: list[RunContext] = []

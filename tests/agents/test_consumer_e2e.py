@@ -5,31 +5,20 @@ import json
 import signal
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.utils import timezone
 
-from agents.models import ACTIVE_STATUSES, AgentRun, RunStatus
+from agents.models import AgentRun, RunStatus
 from tests.agents.conftest import assert_lifecycle, run_events
 from tests.servers import DaphneServer
 from tests.wsclient import Client, access_token, ws_connect
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("server_log_clean")]
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("server_log_clean", "runs_stopped")]
 
 TERMINAL = {"agent_completed", "agent_error"}
-
-
-@pytest.fixture(autouse=True)
-async def runs_stopped(transactional_db: None) -> AsyncIterator[None]:
-    """After each test, cancel what the shared server still runs, before the database is emptied."""
-    yield
-    await AgentRun.objects.filter(status__in=ACTIVE_STATUSES).aupdate(cancel_requested_at=timezone.now())
-    async with asyncio.timeout(10):
-        while await AgentRun.objects.filter(status__in=ACTIVE_STATUSES).aexists():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
 
 
 async def start(client: Client, agent: str, run_input: dict[str, Any]) -> str:

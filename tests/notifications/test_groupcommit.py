@@ -223,7 +223,6 @@ async def test_cancelled_callers_lose_and_duplicate_nothing(
     cancelled = [result for result in results if isinstance(result, asyncio.CancelledError)]
     assert len(cancelled) == 1 + len(waiting[::3])
     assert all(isinstance(result, Event) or isinstance(result, asyncio.CancelledError) for result in results)
-    await _no_writer_left()  # A cancelled caller returns at once; its event's batch may still be in flight.
     # Every event was written once (the cancelled callers' too: they were already queued) and sent once.
     for user, count in ((alice, 21), (bob, 20)):
         log = await sync_to_async(logged)(user.pk)
@@ -234,6 +233,32 @@ async def test_cancelled_callers_lose_and_duplicate_nothing(
     assert indexes == Counter(range(41))
     await _no_writer_left()
     assert await Event.objects.filter(published_at__isnull=True).acount() == 0
+
+
+async def test_a_cancelled_caller_returns_only_once_its_event_is_written(
+    layer: Any, alice: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """So that what it writes next (a run's end, in a transaction of its own) cannot overtake it."""
+    insert = services._aevents_insert
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def held(batch: list[Any]) -> list[Event]:
+        entered.set()
+        await asyncio.wait_for(release.wait(), timeout=10)
+        return await insert(batch)
+
+    monkeypatch.setattr(services, "_aevents_insert", held)
+    caller = asyncio.ensure_future(record(alice.pk, 0))
+    await asyncio.wait_for(entered.wait(), timeout=5)
+    caller.cancel()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not caller.done()  # Still waiting for the batch it is in.
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(caller, timeout=5)
+    assert [index for _, index in await sync_to_async(logged)(alice.pk)] == [0]
+    await _no_writer_left()
 
 
 async def test_a_failed_publish_leaves_exactly_that_batch_pending(

@@ -4,33 +4,20 @@ import asyncio
 import json
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.utils import timezone
 
-from agents.models import ACTIVE_STATUSES, AgentRun
 from tests.agents.agui.conftest import agui_validate
 from tests.conftest import unavailable
 from tests.servers import DaphneServer
 from tests.wsclient import access_token
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("server_log_clean")]
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("server_log_clean", "runs_stopped")]
 
 CLIENT_DIR = Path(__file__).resolve().parents[3] / "tools" / "ag-ui"
 CLIENT_TIMEOUT_SECONDS = 30.0
-
-
-@pytest.fixture(autouse=True)
-async def runs_stopped(transactional_db: None) -> AsyncIterator[None]:
-    """After each test, cancel what the shared server still runs, before the database is emptied."""
-    yield
-    await AgentRun.objects.filter(status__in=ACTIVE_STATUSES).aupdate(cancel_requested_at=timezone.now())
-    async with asyncio.timeout(10):
-        while await AgentRun.objects.filter(status__in=ACTIVE_STATUSES).aexists():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
 
 
 def official_client(url: str, token: str, props: dict[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -1,34 +1,21 @@
 """A stream cut mid-run and resumed with Last-Event-ID, over a real daphne: every AG-UI event once, in order."""
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from django.utils import timezone
 
 from agents.agui.events import agui_events
 from agents.agui.sse import sse_ids
-from agents.models import ACTIVE_STATUSES, AgentRun
 from notifications.frames import event_frame
 from notifications.models import Event
 from tests.agents.agui.conftest import SseAnswer, SseEvent, agui_validate, sse_request
 from tests.servers import DaphneServer
 from tests.wsclient import access_token
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("server_log_clean")]
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("server_log_clean", "runs_stopped")]
 
 RUN_INPUT = {"threadId": "thread-1", "runId": "client-run-1", "messages": [], "state": {}, "tools": [], "context": []}
-
-
-@pytest.fixture(autouse=True)
-async def runs_stopped(transactional_db: None) -> AsyncIterator[None]:
-    """After each test, cancel what the shared server still runs, before the database is emptied."""
-    yield
-    await AgentRun.objects.filter(status__in=ACTIVE_STATUSES).aupdate(cancel_requested_at=timezone.now())
-    async with asyncio.timeout(10):
-        while await AgentRun.objects.filter(status__in=ACTIVE_STATUSES).aexists():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
 
 
 async def expected_stream(run_id: str, thread_id: str) -> list[SseEvent]:

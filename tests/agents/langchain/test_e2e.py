@@ -2,13 +2,11 @@
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from django.utils import timezone
 
-from agents.models import ACTIVE_STATUSES, AgentRun, RunStatus
+from agents.models import AgentRun, RunStatus
 from notifications.models import Event
 from tests.agents.agui.conftest import agui_validate, sse_request
 from tests.agents.agui.test_client import official_client
@@ -17,23 +15,13 @@ from tests.agents.test_run_agent_command import run as run_agent
 from tests.servers import DaphneServer, http_request
 from tests.wsclient import access_token
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("server_log_clean")]
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("server_log_clean", "runs_stopped")]
 
 LIFECYCLE = [
     "agent_started",
     *["agent_thinking", "agent_thinking", "tool_executing", "tool_completed", "agent_thinking"],
     "agent_completed",
 ]
-
-
-@pytest.fixture(autouse=True)
-async def runs_stopped(transactional_db: None) -> AsyncIterator[None]:
-    """After each test, cancel what the shared server still runs, before the database is emptied."""
-    yield
-    await AgentRun.objects.filter(status__in=ACTIVE_STATUSES).aupdate(cancel_requested_at=timezone.now())
-    async with asyncio.timeout(10):
-        while await AgentRun.objects.filter(status__in=ACTIVE_STATUSES).aexists():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
 
 
 async def test_it_runs_from_the_rest_api_and_its_stream_ends_after_one_terminal_event(
