@@ -4,9 +4,9 @@ import asyncio
 from typing import Any
 
 from .calculator import Number, evaluate
+from .context import RunContext
 from .exceptions import AgentError
 from .registry import agent, tool
-from .runner import RunContext
 
 DEMO_STEPS_MAX = 50
 DEMO_DELAY_MAX_SECONDS = 30.0

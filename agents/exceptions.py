@@ -5,6 +5,8 @@ end a run as ``agent_error`` with that message. Any other exception from an
 agent is reported without its text, which could hold internals.
 """
 
+MESSAGE_MAX_CHARS = 500
+
 
 class AgentError(Exception):
     """An agent failed, for a reason the user may read."""
@@ -24,6 +26,14 @@ class EventsUnavailable(AgentError):
 
 class LifecycleError(AgentError):
     """An agent emitted out of lifecycle order: a programming error in the agent."""
+
+
+def user_message(exc: BaseException) -> str:
+    """What the user may read about a failure: our own errors' text, otherwise only the type."""
+    if isinstance(exc, AgentError):
+        # (Without NUL, which the log cannot store: the run's end must always be writable.)
+        return str(exc).replace("\x00", "")[:MESSAGE_MAX_CHARS]
+    return f"The agent failed with an internal error ({type(exc).__name__})."
 
 
 class RunRefused(Exception):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .exceptions import InvalidRunInput, ToolError, UnknownAgent, UnknownTool
 
 if TYPE_CHECKING:
-    from .runner import RunContext
+    from .context import RunContext
 
 AgentFunc = Callable[["RunContext", dict[str, Any]], Awaitable[Any]]
 InputValidator = Callable[[dict[str, Any]], dict[str, Any]]

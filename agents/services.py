@@ -17,9 +17,9 @@ from notifications.services import event_record
 
 from . import metrics
 from .exceptions import InvalidRunInput, RunFinished, RunNotFound, TooManyRuns
+from .execution import Observer, RunExecution
 from .models import ACTIVE_STATUSES, AgentRun, RunStatus
 from .registry import agent_get, agent_input_validate
-from .runner import Observer, RunContext
 from .supervisor import SupervisorClosed, supervisor
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,9 @@ async def arun_start(
         user_id=user_id, agent=agent, input=input, run_timeout=run_timeout
     )
     try:
-        supervisor.start(agent_get(run.agent), RunContext(run, observer=observer), timeout_seconds=run.timeout_seconds)
+        supervisor.start(
+            agent_get(run.agent), RunExecution(run, observer=observer), timeout_seconds=run.timeout_seconds
+        )
     except SupervisorClosed:
         await AgentRun.objects.filter(pk=run.pk, status=RunStatus.QUEUED).adelete()
         raise

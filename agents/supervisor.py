@@ -17,9 +17,10 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
 
+from .execution import Outcome, RunExecution
 from .models import AgentRun, RunStatus
 from .registry import AgentSpec
-from .runner import Outcome, RunContext, run_execute
+from .runner import run_execute
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ FORCE_END_TIMEOUT_SECONDS = 2.0
 @dataclass(slots=True)
 class _Tracked:
     task: asyncio.Task[object]
-    ctx: RunContext
+    execution: RunExecution
 
 
 class SupervisorClosed(RuntimeError):
@@ -57,7 +58,7 @@ class RunSupervisor:
         """Accept runs again after a shutdown (a process that goes on, such as a test run)."""
         self._closing = False
 
-    def start(self, spec: AgentSpec, ctx: RunContext, *, timeout_seconds: float) -> asyncio.Task[object]:
+    def start(self, spec: AgentSpec, execution: RunExecution, *, timeout_seconds: float) -> asyncio.Task[object]:
         """Start executing a queued run on the running loop."""
         if self._closing:
             raise SupervisorClosed("The server is shutting down; no new runs start.")
@@ -65,10 +66,12 @@ class RunSupervisor:
         # async_to_sync) must not inherit that request's thread executor,
         # which is gone by the time the run touches the database.
         task: asyncio.Task[object] = asyncio.get_running_loop().create_task(
-            run_execute(spec, ctx, timeout_seconds), name=f"agent-run-{ctx.run_id}", context=contextvars.Context()
+            run_execute(spec, execution, timeout_seconds),
+            name=f"agent-run-{execution.run_id}",
+            context=contextvars.Context(),
         )
-        self._runs[ctx.run_id] = _Tracked(task, ctx)
-        task.add_done_callback(lambda done: self._forget(ctx.run_id, done))
+        self._runs[execution.run_id] = _Tracked(task, execution)
+        task.add_done_callback(lambda done: self._forget(execution.run_id, done))
         if self._poller is None:
             self._poller = asyncio.get_running_loop().create_task(
                 self._poll_cancels(), name="agent-run-cancels", context=contextvars.Context()
@@ -80,9 +83,10 @@ class RunSupervisor:
         tracked = self._runs.get(run_id)
         if tracked is None or tracked.task.done():
             return False
-        tracked.ctx.cancel_reason = reason
-        tracked.ctx.cancel_requested = True
-        if tracked.ctx.running:
+        tracked.execution.cancel(reason)
+        # A task cancelled before it first ran would never record the run's
+        # end: until it runs, the request alone stops it.
+        if tracked.execution.running:
             tracked.task.cancel()
         return True
 
@@ -90,7 +94,7 @@ class RunSupervisor:
         """Stop waiting for a run's end to be written (the database is down and the process must stop)."""
         tracked = self._runs.get(run_id)
         if tracked is not None:
-            tracked.ctx.end_abandon()
+            tracked.execution.end_abandon()
 
     async def join(self, run_id: uuid.UUID) -> None:
         """Wait for a run of this process to end (for commands and tests)."""
@@ -111,24 +115,24 @@ class RunSupervisor:
                 # An agent that ignores its cancellation, or an end that the
                 # database will not take: either way it is ended here or by the reaper.
                 logger.error("%d run(s) did not end within %ss; ending them in the log", len(pending), timeout_seconds)
-                stuck = [tracked.ctx for tracked in self._runs.values() if tracked.task in pending]
-                for ctx in stuck:
-                    ctx.end_abandon()
+                stuck = [tracked.execution for tracked in self._runs.values() if tracked.task in pending]
+                for execution in stuck:
+                    execution.end_abandon()
                 await self._force_end(stuck)
         await self._poller_stop()
 
-    async def _force_end(self, contexts: list[RunContext]) -> None:
+    async def _force_end(self, executions: list[RunExecution]) -> None:
         """Record the end of runs whose agents ignore cancellation (they can emit nothing more)."""
-        for ctx in contexts:
+        for execution in executions:
             try:
                 await asyncio.wait_for(
-                    ctx._finish(Outcome(RunStatus.CANCELLED, kind="cancelled", message=SHUTDOWN_REASON)),
+                    execution.finish(Outcome(RunStatus.CANCELLED, kind="cancelled", message=SHUTDOWN_REASON)),
                     timeout=FORCE_END_TIMEOUT_SECONDS,
                 )
             except DatabaseError as exc:  # The reaper will end it as lost.
-                logger.warning("Could not record the end of run %s: %s", ctx.run_id, exc)
+                logger.warning("Could not record the end of run %s: %s", execution.run_id, exc)
             except Exception:  # The reaper will end it as lost.
-                logger.exception("Could not record the end of run %s", ctx.run_id)
+                logger.exception("Could not record the end of run %s", execution.run_id)
 
     def _forget(self, run_id: uuid.UUID, task: asyncio.Task[object]) -> None:
         self._runs.pop(run_id, None)

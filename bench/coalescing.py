@@ -27,8 +27,8 @@ import django
 
 django.setup()
 
+from agents.context import RunContext  # noqa: E402
 from agents.langchain.handler import RunCallbackHandler  # noqa: E402
-from agents.runner import RunContext  # noqa: E402
 
 WORDS = "agents think call tools and finish or fail while every step is written to the log".split()
 

@@ -2,7 +2,7 @@
 
 Model tokens and reasoning become ``agent_thinking`` (coalesced: ``coalesce.py``),
 tool starts, ends and errors become ``tool_executing`` / ``tool_completed``.
-The run's ``agent_started`` and its one terminal event are the runner's, as
+The run's ``agent_started`` and its one terminal event are its execution's, as
 for every agent: the graph starts when the run does, and its end or error
 is the agent function's return or raise (``register.graph_agent``).
 """
@@ -21,8 +21,8 @@ from langchain_core.messages import BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGenerationChunk
 from langchain_core.tools import ToolException
 
-from ..exceptions import AgentError, ToolError
-from ..runner import RunContext, user_message
+from ..context import RunContext
+from ..exceptions import AgentError, ToolError, user_message
 from .coalesce import Coalescer
 
 logger = logging.getLogger(__name__)

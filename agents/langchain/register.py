@@ -9,8 +9,8 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..context import RunContext
 from ..registry import InputValidator, agent
-from ..runner import RunContext
 
 if TYPE_CHECKING:
     from langchain_core.runnables import Runnable

@@ -13,10 +13,10 @@ from django.utils import timezone
 from hypothesis import strategies as st
 
 from agents.builtin import DEMO_DELAY_MAX_SECONDS, DEMO_STEPS_MAX
+from agents.context import RunContext
 from agents.exceptions import AgentError
 from agents.models import ACTIVE_STATUSES, AgentRun
 from agents.registry import agent, tool
-from agents.runner import RunContext
 from agents.supervisor import supervisor
 from notifications.models import Event
 from tests.conftest import ChannelLayers

@@ -8,9 +8,9 @@ import pytest
 from langchain_core.messages import AIMessageChunk, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGenerationChunk
 
+from agents.context import RunContext
 from agents.exceptions import ToolError
 from agents.langchain.handler import RunCallbackHandler
-from agents.runner import RunContext
 
 WAIT_SECONDS = 2.0
 
