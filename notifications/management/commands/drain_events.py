@@ -16,6 +16,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 from django.utils.module_loading import import_string
 
+from config.signals import stop_signals_handled
 from notifications import metrics
 from notifications.drain import BatchResult, adrain_batch, pending_counts
 from notifications.metrics_http import Exporter
@@ -133,18 +134,14 @@ class Command(BaseCommand):
         stop = asyncio.Event()
         totals = Totals()
 
-        def on_signal(signum: int) -> None:
-            name = signal.Signals(signum).name
-            if stop.is_set():
-                self._exit_now(totals, f"Second {name}: exiting now; unpublished events stay pending.")
+        def on_signal(signum: signal.Signals, count: int) -> None:
+            if count > 1:
+                self._exit_now(totals, f"Second {signum.name}: exiting now; unpublished events stay pending.")
             stop.set()
-            self.stderr.write(f"{name}: finishing the batch in hand, then stopping.")
+            self.stderr.write(f"{signum.name}: finishing the batch in hand, then stopping.")
             loop.call_later(options["shutdown_timeout"], self._exit_now, totals, "Shutdown took too long: exiting now.")
 
-        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-        for signum in previous:
-            loop.add_signal_handler(signum, on_signal, signum)
-        try:
+        with stop_signals_handled(on_signal):
             if self.verbosity >= 1:
                 mode = "one pass" if options["once"] else "SIGINT or SIGTERM stops"
                 self.stdout.write(
@@ -164,10 +161,6 @@ class Command(BaseCommand):
                 await asyncio.wait_for(aconnections_close(), timeout=CLOSE_TIMEOUT_SECONDS)
             except Exception as exc:  # The process is ending; its sockets close with it.
                 self.stderr.write(f"Could not close the channel layer cleanly: {exc!r}")
-        finally:
-            for signum, handler in previous.items():
-                loop.remove_signal_handler(signum)
-                signal.signal(signum, handler)
         return bool(options["once"] and not stop.is_set() and totals.failed_attempts)
 
     async def _drain(

@@ -1,10 +1,8 @@
 """Delete published events older than the retention window, in bounded batches."""
 
-import signal
 import threading
 import time
 from datetime import timedelta
-from types import FrameType
 from typing import Any
 
 from django.conf import settings
@@ -12,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 from django.utils import timezone
 
+from config.signals import stop_signals_handled
 from notifications.retention import events_prunable, events_prune_batch
 
 
@@ -36,12 +35,8 @@ class Command(BaseCommand):
             self.stdout.write("Retention is off (EVENT_RETENTION_DAYS=0): nothing to prune.")
             return
         stop = threading.Event()
-
-        def request_stop(signum: int, frame: FrameType | None) -> None:
-            stop.set()
-
-        previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        # Any signal stops it once the batch in hand is done: batches are short, so a second has nothing to add.
+        with stop_signals_handled(lambda signum, count: stop.set()):
             while True:
                 try:
                     self.prune(days=days, batch_size=batch_size, dry_run=dry_run, stop=stop)
@@ -52,9 +47,6 @@ class Command(BaseCommand):
                     self.stderr.write(f"Database unavailable, trying again in {every:g}s: {exc}")
                 if not every or stop.wait(every):
                     break
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
 
     def prune(self, *, days: float, batch_size: int, dry_run: bool, stop: threading.Event) -> None:
         cutoff = timezone.now() - timedelta(days=days)
