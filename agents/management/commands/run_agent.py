@@ -1,6 +1,7 @@
 """Run an agent from the command line, print its events live, exit with its outcome."""
 
 import asyncio
+import contextlib
 import json
 import signal
 from typing import Any
@@ -14,6 +15,7 @@ from agents.exceptions import RunRefused
 from agents.models import AgentRun, RunStatus
 from agents.services import arun_start
 from agents.supervisor import supervisor
+from config.signals import stop_signals_handled
 from notifications.exceptions import InvalidJson
 from notifications.frames import event_frame
 from notifications.jsonlimits import json_parse
@@ -61,28 +63,27 @@ class Command(BaseCommand):
             raise SystemExit(EXIT_CODES.get(status, 1))
 
     async def _run(self, *, user_id: int, agent: str, run_input: object, run_timeout: float | None) -> RunStatus:
-        loop = asyncio.get_running_loop()
         started: list[AgentRun] = []
-        interrupted = False
+        interrupts = 0
 
-        def interrupt() -> None:
+        def interrupt(signum: signal.Signals, count: int) -> None:
             # Ctrl-C (or SIGTERM) cancels the run; it then records its end and we exit.
             # A second one stops waiting for that end (the database is down): the
             # reaper of drain_events ends the run instead.
-            nonlocal interrupted
-            again, interrupted = interrupted, True
-            if again:
+            nonlocal interrupts
+            interrupts = count
+            if count > 1:
                 self.stderr.write("Interrupted again: not waiting for the run's end to be recorded.")
             else:
                 self.stderr.write("Interrupted: cancelling the run (interrupt again to stop waiting for its end).")
             for run in started:
-                supervisor.cancel(run.id, reason=INTERRUPT_REASON)
-                if again:
-                    supervisor.abandon_end(run.id)
+                _run_stop(run, abandon_end=count > 1)
 
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, interrupt)
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            # Undone in reverse: the runs are ended and the connections closed while signals are still handled.
+            stack.enter_context(stop_signals_handled(interrupt))
+            stack.push_async_callback(aconnections_close)
+            stack.push_async_callback(supervisor.shutdown, timeout_seconds=5)
             try:
                 run = await arun_start(
                     user_id=user_id, agent=agent, input=run_input, run_timeout=run_timeout, observer=self._print
@@ -92,8 +93,8 @@ class Command(BaseCommand):
             except DatabaseError as exc:
                 raise CommandError(f"The database is unavailable: {exc}", returncode=EXIT_FAILED) from None
             started.append(run)
-            if interrupted:
-                interrupt()
+            if interrupts:  # While the run was being created.
+                _run_stop(run, abandon_end=interrupts > 1)
             await supervisor.join(run.id)
             try:
                 ended: AgentRun = await database_sync_to_async(AgentRun.objects.get)(pk=run.id)
@@ -102,13 +103,14 @@ class Command(BaseCommand):
                     f"The run's outcome could not be read, the database is unavailable: {exc}", returncode=EXIT_FAILED
                 ) from None
             return RunStatus(ended.status)
-        finally:
-            await supervisor.shutdown(timeout_seconds=5)
-            await aconnections_close()
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
 
     def _print(self, event: Event) -> None:
         frame = event_frame(event)
         self.stdout.write(f"{frame['seq']:>6} {frame['event']:<16} {json.dumps(frame['data'], ensure_ascii=False)}")
         self.stdout.flush()
+
+
+def _run_stop(run: AgentRun, *, abandon_end: bool) -> None:
+    supervisor.cancel(run.id, reason=INTERRUPT_REASON)
+    if abandon_end:
+        supervisor.abandon_end(run.id)
