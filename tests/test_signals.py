@@ -10,6 +10,7 @@ from types import FrameType
 import pytest
 
 from config.signals import STOP_SIGNALS, stop_signals_handled
+from tests.servers import ROOT
 
 WAIT_SECONDS = 2.0
 
@@ -106,3 +107,13 @@ def test_a_block_that_raises_still_puts_back_a_handler_that_ignores(previous: Pr
         asyncio.run(on_a_loop()) if on_loop else block()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
     assert signal.getsignal(signal.SIGINT) is previous
+
+
+def test_only_the_helper_installs_signal_handlers() -> None:
+    installers = sorted(
+        str(path.relative_to(ROOT))
+        for folder in ("config", "notifications", "agents", "console")
+        for path in (ROOT / folder).rglob("*.py")
+        if any(call in path.read_text() for call in ("add_signal_handler(", "signal.signal("))
+    )
+    assert installers == ["config/signals.py"]
