@@ -8,22 +8,20 @@ runs; its clients move to the other server, resume, and miss nothing.
 """
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import psycopg
 import pytest
-from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import LIFECYCLE_OF_TWO_STEPS, SESSION_PREFIX, manage
+from tests.e2e import events_until_closed, of_run, start_run, until_event
+from tests.e2e import login as e2e_login
 from tests.servers import ROOT, DaphneServer, LineReader, RedisServer, free_port
-from tests.wsclient import Client, ws_connect
+from tests.wsclient import ws_connect
 
 PASSWORD = "scale-out-password"
 
@@ -59,51 +57,8 @@ async def until_all_published(database_url: str, username: str, *, timeout: floa
             await asyncio.sleep(0.05)
 
 
-def post(url: str, body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())  # type: ignore[no-any-return]
-
-
 async def login(server: DaphneServer, username: str) -> str:
-    pair = await asyncio.to_thread(
-        post, f"{server.http_url}/api/auth/token/", {"username": username, "password": PASSWORD}
-    )
-    return str(pair["access"])
-
-
-async def start_run(server: DaphneServer, token: str, agent: str, input: dict[str, Any]) -> str:
-    run = await asyncio.to_thread(post, f"{server.http_url}/api/runs/", {"agent": agent, "input": input}, token)
-    return str(run["id"])
-
-
-def of_run(frames: list[dict[str, Any]], run_id: str) -> list[tuple[int, str]]:
-    return [(frame["seq"], frame["event"]) for frame in frames if frame["run_id"] == run_id]
-
-
-async def events_until_closed(client: Client, *, timeout: float = 15.0) -> tuple[list[dict[str, Any]], int | None]:
-    """Collect event frames until the server closes; return them and the close code."""
-    frames: list[dict[str, Any]] = []
-    async with asyncio.timeout(timeout):
-        try:
-            while True:
-                frame = await client.frame()
-                if frame["type"] == "event":
-                    frames.append(frame)
-        except ConnectionClosed as exc:
-            return frames, exc.rcvd.code if exc.rcvd is not None else None
-
-
-async def until_event(client: Client, event: str, *, timeout: float = 15.0) -> list[dict[str, Any]]:
-    """Collect event frames up to and including the first ``event``."""
-    frames: list[dict[str, Any]] = []
-    async with asyncio.timeout(timeout):
-        while not frames or frames[-1]["event"] != event:
-            frames += await client.events(1, timeout=timeout)
-    return frames
+    return await e2e_login(server, username, PASSWORD)
 
 
 @pytest.fixture
