@@ -7,30 +7,24 @@ as lost, or continue on another worker when their agent is restartable.
 """
 
 import asyncio
+import json
+import os
 import signal
-from collections.abc import Callable, Iterator
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
-from django.conf import settings as django_settings
 
-from agents.services import WORKER_LOST_MESSAGE, WORKER_STOPPED_REASON
+from agents.services import CANCEL_MESSAGE, WORKER_LOST_MESSAGE, WORKER_STOPPED_REASON
 from tests.conftest import LIFECYCLE_OF_TWO_STEPS, SESSION_PREFIX, manage
 from tests.e2e import login, post, run_log, run_row, start_run, until_event, until_logged, until_run_ended
-from tests.servers import DaphneServer, RedisServer, WorkerProcess
+from tests.servers import ROOT, DaphneServer, LineReader, RedisServer, WorkerProcess
 from tests.wsclient import ws_connect
 
 PASSWORD = "workers-password"
-# Fast heartbeats and checks, so that a dead worker is found in about a second, not ten.
-WORKER_ENV = {
-    "AGENT_WORKER_HEARTBEAT_SECONDS": "0.2",
-    "AGENT_WORKER_STALLED_SECONDS": "1",
-    "AGENT_WORKER_REAP_SECONDS": "0.2",
-    "AGENT_WORKER_POLL_SECONDS": "0.2",
-    "AGENT_CANCEL_POLL_SECONDS": "0.1",
-    "AGENT_MODULES": "tests.agents.worker_agents",
-}
 WEB_ENV = {"AGENT_EXECUTION": "worker", "AGENT_MODULES": "tests.agents.worker_agents"}
 LONG_RUN = {"steps": 50, "delay": 0.2}  # Ten seconds: longer than any test lets it go on.
 
@@ -57,30 +51,15 @@ def web(daphne_factory: Callable[..., DaphneServer], database: str, redis: Redis
 
 
 @pytest.fixture
-def worker_factory(database: str, redis: RedisServer, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start run_worker processes; each still running at the end is stopped (SIGTERM, then SIGKILL)."""
-    workers: list[WorkerProcess] = []
+def start_worker(
+    worker_factory: Callable[..., WorkerProcess], database: str, redis: RedisServer
+) -> Callable[..., WorkerProcess]:
+    """Start a worker on this module's database and Redis (stopped at the end of the test)."""
 
     def start(*args: str, **env: str) -> WorkerProcess:
-        worker = WorkerProcess(
-            env={
-                "DATABASE_URL": database,
-                "REDIS_URL": redis.url,
-                "CHANNEL_LAYER_PREFIX": SESSION_PREFIX,
-                "DJANGO_SECRET_KEY": django_settings.SECRET_KEY,
-                **WORKER_ENV,
-                **env,
-            },
-            log_path=tmp_path / f"worker-{len(workers)}.log",
-            args=args,
-        )
-        worker.start()
-        workers.append(worker)
-        return worker
+        return worker_factory(*args, database_url=database, redis_url=redis.url, **env)
 
-    yield start
-    for worker in workers:
-        worker.stop()
+    return start
 
 
 def job_statuses(database: str, run_id: str) -> list[str]:
@@ -100,7 +79,7 @@ async def wait_exit(worker: WorkerProcess, timeout: float = 15.0) -> int:
 
 
 async def test_a_run_waits_in_the_queue_until_a_worker_executes_it_and_streams_to_the_socket(
-    web: DaphneServer, database: str, worker_factory: Callable[..., WorkerProcess]
+    web: DaphneServer, database: str, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     token = await login(web, "alice", PASSWORD)
     async with ws_connect(web.ws_url, token) as client:
@@ -110,7 +89,7 @@ async def test_a_run_waits_in_the_queue_until_a_worker_executes_it_and_streams_t
         assert await asyncio.to_thread(job_statuses, database, run_id) == ["todo"]
         assert await asyncio.to_thread(events_of, database, run_id) == []
 
-        worker = worker_factory()
+        worker = start_worker()
         frames = await until_event(client, "agent_completed")
         assert [(f["run_id"], f["event"]) for f in frames] == [(run_id, event) for event in LIFECYCLE_OF_TWO_STEPS]
         assert [f["seq"] for f in frames] == [seq for seq, _, _ in await asyncio.to_thread(run_log, database, run_id)]
@@ -122,9 +101,9 @@ async def test_sigterm_on_a_web_server_touches_no_run(
     daphne_factory: Callable[..., DaphneServer],
     database: str,
     redis: RedisServer,
-    worker_factory: Callable[..., WorkerProcess],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    worker_factory()
+    start_worker()
     server = daphne_factory(redis_url=redis.url, DATABASE_URL=database, **WEB_ENV)
     token = await login(server, "alice", PASSWORD)
     run_id = await start_run(server, token, "demo", {"steps": 8, "delay": 0.1})
@@ -137,10 +116,10 @@ async def test_sigterm_on_a_web_server_touches_no_run(
 
 
 async def test_a_stopping_worker_takes_no_new_run_and_lets_its_runs_finish(
-    web: DaphneServer, database: str, worker_factory: Callable[..., WorkerProcess]
+    web: DaphneServer, database: str, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     token = await login(web, "alice", PASSWORD)
-    worker = worker_factory(AGENT_WORKER_SHUTDOWN_GRACE_SECONDS="60")
+    worker = start_worker(AGENT_WORKER_SHUTDOWN_GRACE_SECONDS="60")
     going = await start_run(web, token, "demo", {"steps": 6, "delay": 0.1})
     await until_logged(database, going, 2)
     worker.signal(signal.SIGTERM)
@@ -151,16 +130,16 @@ async def test_a_stopping_worker_takes_no_new_run_and_lets_its_runs_finish(
     assert worker.executed() == {going}
     assert await asyncio.to_thread(run_row, database, later) == ("queued", None)
 
-    successor = worker_factory()
+    successor = start_worker()
     assert await until_run_ended(database, later) == ("completed", None)
     assert successor.executed() == {later}
 
 
 async def test_a_worker_cancels_the_runs_still_going_when_its_grace_ends_and_exits_0(
-    web: DaphneServer, database: str, worker_factory: Callable[..., WorkerProcess]
+    web: DaphneServer, database: str, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     token = await login(web, "alice", PASSWORD)
-    worker = worker_factory(AGENT_WORKER_SHUTDOWN_GRACE_SECONDS="0.3")
+    worker = start_worker(AGENT_WORKER_SHUTDOWN_GRACE_SECONDS="0.3")
     run_id = await start_run(web, token, "demo", LONG_RUN)
     await until_logged(database, run_id, 2)
     worker.signal(signal.SIGTERM)
@@ -173,10 +152,10 @@ async def test_a_worker_cancels_the_runs_still_going_when_its_grace_ends_and_exi
 
 
 async def test_a_second_signal_cancels_the_runs_at_once(
-    web: DaphneServer, database: str, worker_factory: Callable[..., WorkerProcess]
+    web: DaphneServer, database: str, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     token = await login(web, "alice", PASSWORD)
-    worker = worker_factory(AGENT_WORKER_SHUTDOWN_GRACE_SECONDS="600")  # Only the second signal can end it.
+    worker = start_worker(AGENT_WORKER_SHUTDOWN_GRACE_SECONDS="600")  # Only the second signal can end it.
     run_id = await start_run(web, token, "demo", LONG_RUN)
     await until_logged(database, run_id, 2)
     worker.signal(signal.SIGTERM)
@@ -192,10 +171,10 @@ async def test_a_second_signal_cancels_the_runs_at_once(
 
 @pytest.mark.parametrize("through", ["api", "socket"])
 async def test_a_cancel_reaches_the_worker(
-    web: DaphneServer, database: str, worker_factory: Callable[..., WorkerProcess], through: str
+    web: DaphneServer, database: str, start_worker: Callable[..., WorkerProcess], through: str
 ) -> None:
     token = await login(web, "alice", PASSWORD)
-    worker_factory()
+    start_worker()
     async with ws_connect(web.ws_url, token) as client:
         run_id = await start_run(web, token, "demo", LONG_RUN)
         await until_logged(database, run_id, 2)
@@ -211,10 +190,10 @@ async def test_a_cancel_reaches_the_worker(
 
 
 async def test_a_run_times_out_on_a_worker(
-    web: DaphneServer, database: str, worker_factory: Callable[..., WorkerProcess]
+    web: DaphneServer, database: str, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     token = await login(web, "alice", PASSWORD)
-    worker_factory()
+    start_worker()
     run_id = await start_run(web, token, "demo", {"steps": 2, "delay": 30}, timeout=0.3)
     status, error = await until_run_ended(database, run_id)
     assert status == "timed_out" and error is not None and error["kind"] == "timeout"
@@ -222,13 +201,13 @@ async def test_a_run_times_out_on_a_worker(
 
 
 async def test_a_killed_workers_run_ends_lost_and_no_other_worker_executes_it(
-    web: DaphneServer, database: str, worker_factory: Callable[..., WorkerProcess]
+    web: DaphneServer, database: str, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     token = await login(web, "alice", PASSWORD)
-    doomed = worker_factory()
+    doomed = start_worker()
     run_id = await start_run(web, token, "demo", LONG_RUN)
     await until_logged(database, run_id, 3)
-    survivor = worker_factory()
+    survivor = start_worker()
     doomed.signal(signal.SIGKILL)
     assert await until_run_ended(database, run_id, timeout=30) == (
         "failed",
@@ -241,14 +220,14 @@ async def test_a_killed_workers_run_ends_lost_and_no_other_worker_executes_it(
 
 
 async def test_a_restartable_run_continues_on_another_worker_after_its_worker_is_killed(
-    web: DaphneServer, database: str, worker_factory: Callable[..., WorkerProcess]
+    web: DaphneServer, database: str, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     token = await login(web, "alice", PASSWORD)
-    doomed = worker_factory()
+    doomed = start_worker()
     run_id = await start_run(web, token, "restartable_steps", {"steps": 40, "delay": 0.05})
     await until_logged(database, run_id, 5)
     doomed.signal(signal.SIGKILL)
-    survivor = worker_factory()
+    survivor = start_worker()
     assert await until_run_ended(database, run_id, timeout=30) == ("completed", None)
     assert survivor.executed() == {run_id}
     log = await asyncio.to_thread(run_log, database, run_id)
@@ -268,3 +247,84 @@ def test_run_worker_refuses_to_start_unless_runs_go_to_workers(database: str, tm
     worker = WorkerProcess(env={"DATABASE_URL": database, "AGENT_EXECUTION": "inprocess"}, log_path=tmp_path / "w.log")
     with pytest.raises(RuntimeError, match="AGENT_EXECUTION is not worker"):
         worker.start()
+
+
+# run_agent on workers: it enqueues, then follows the run's events in the log to its end.
+
+
+def run_agent_command(database: str, redis: RedisServer, *args: str, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "run_agent", *args, "--user", "alice"],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "DATABASE_URL": database,
+            "REDIS_URL": redis.url,
+            "CHANNEL_LAYER_PREFIX": SESSION_PREFIX,
+            "PYTHONUNBUFFERED": "1",
+            "AGENT_EXECUTION": "worker",
+            **env,
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "last"),
+    [
+        (("calculator", "--input", '{"expression": "6*7"}'), 0, "agent_completed"),
+        (("demo", "--input", '{"steps": 2, "delay": 30}', "--timeout", "0.3"), 124, "agent_error"),
+        (("demo", "--input", '{"fail": true, "delay": 0}'), 1, "agent_error"),
+    ],
+)
+def test_run_agent_enqueues_and_prints_the_runs_events_from_the_worker(
+    database: str,
+    redis: RedisServer,
+    start_worker: Callable[..., WorkerProcess],
+    args: tuple[str, ...],
+    code: int,
+    last: str,
+) -> None:
+    worker = start_worker()
+    process = run_agent_command(database, redis, *args)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == code, stderr
+    lines = stdout.splitlines()
+    assert lines[0].split()[1] == "agent_started" and lines[-1].split()[1] == last
+    [run_id] = worker.executed()
+    assert [int(line.split()[0]) for line in lines] == [seq for seq, _, _ in run_log(database, run_id)]
+
+
+def test_run_agent_interrupted_asks_the_worker_to_cancel_and_follows_the_run_to_its_end(
+    database: str, redis: RedisServer, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    worker = start_worker()
+    process = run_agent_command(database, redis, "demo", "--input", json.dumps(LONG_RUN))
+    assert process.stdout is not None and process.stderr is not None
+    output = LineReader(process.stdout)
+    output.until("agent_started")
+    process.send_signal(signal.SIGINT)
+    assert "agent_error" in output.until("agent_error")
+    assert process.wait(timeout=15) == 130
+    [run_id] = worker.executed()
+    assert run_row(database, run_id) == ("cancelled", {"kind": "cancelled", "message": CANCEL_MESSAGE})
+    process.stdout.close()
+    process.stderr.close()
+
+
+def test_run_agent_says_when_no_worker_takes_the_run_and_stops_following_on_a_second_interrupt(
+    database: str, redis: RedisServer
+) -> None:
+    process = run_agent_command(database, redis, "demo", RUN_AGENT_WORKER_HINT_SECONDS="0.2")
+    assert process.stdout is not None and process.stderr is not None
+    errors = LineReader(process.stderr)
+    errors.until("no worker has taken it yet")
+    process.send_signal(signal.SIGINT)
+    errors.until("Interrupted: cancelling the run")
+    process.send_signal(signal.SIGINT)
+    errors.until("Interrupted again: not following the run any longer.")
+    assert process.wait(timeout=15) == 130
+    process.stdout.close()
+    process.stderr.close()
