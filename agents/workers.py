@@ -15,8 +15,10 @@ events, cancel requests (polled), timeouts and single end. What is added:
 
 import asyncio
 import logging
+import time
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -29,6 +31,8 @@ from procrastinate.contrib.django import app
 from procrastinate.contrib.django.django_connector import DjangoConnector
 from procrastinate.contrib.django.models import ProcrastinateJob
 from procrastinate.contrib.django.settings import settings as procrastinate_settings
+from procrastinate.contrib.django.utils import connector_params
+from procrastinate.psycopg_connector import PsycopgConnector
 from procrastinate.worker import Worker
 
 from .exceptions import AgentError, UnknownAgent
@@ -42,6 +46,7 @@ from .tasks import RUN_TASK
 logger = logging.getLogger(__name__)
 
 STOP_TIMEOUT_SECONDS = 10.0  # For the engine to unregister once every run has ended.
+WORKER_POOL_MAX_SIZE = 10  # The engine's connections: fetching, heartbeats, LISTEN, finishing jobs.
 
 
 async def arun_job_execute(run_id: uuid.UUID, *, job_id: int, attempts: int) -> None:
@@ -87,23 +92,23 @@ def _spec_for(name: str) -> AgentSpec:
         return AgentSpec(name, "", missing, lambda value: value)
 
 
-def runs_reap_stalled(*, seconds_since_heartbeat: float) -> int:
+def runs_reap_stalled(*, seconds_since_heartbeat: float, exclude_worker_id: int | None = None) -> int:
     """End the runs of workers that stopped writing their heartbeat; return how many ended.
 
     Each stalled job is handled in its own transaction, locked (``SKIP
     LOCKED``) so that reapers in several processes never handle one twice: a
     restartable agent's run goes back to the queue (the same run continues on
-    another worker); any other ends as ``lost`` and its job as failed.
+    another worker); any other ends as ``lost`` and its job as failed. A
+    worker passes its own id: it never reaps its own runs, even if the
+    database was down for so long that its heartbeat looks dead.
     """
     ended = 0
-    for job_id in list(_stalled_jobs(seconds_since_heartbeat).values_list("pk", flat=True)):
+    stalled = _stalled_jobs(seconds_since_heartbeat)
+    if exclude_worker_id is not None:
+        stalled = stalled.exclude(worker_id=exclude_worker_id)
+    for job_id in list(stalled.values_list("pk", flat=True)):
         with transaction.atomic():
-            job = (
-                _stalled_jobs(seconds_since_heartbeat)
-                .select_for_update(skip_locked=True, of=("self",))
-                .filter(pk=job_id)
-                .first()
-            )
+            job = stalled.select_for_update(skip_locked=True, of=("self",)).filter(pk=job_id).first()
             if job is None:  # Another reaper has it, or its worker is back.
                 continue
             run = AgentRun.objects.filter(pk=job.args.get("run_id"), status__in=ACTIVE_STATUSES).first()
@@ -122,6 +127,17 @@ def runs_reap_stalled(*, seconds_since_heartbeat: float) -> int:
 def runs_reap_stalled_default() -> int:
     """Reap dead workers' runs with the configured threshold (a drain_events hook)."""
     return runs_reap_stalled(seconds_since_heartbeat=settings.AGENT_WORKER_STALLED_SECONDS)
+
+
+def _worker_connector() -> PsycopgConnector:
+    """The engine's connections for a worker (LISTEN needs its own): bounded waits, so a dead database is seen soon."""
+    pool = settings.DATABASES["default"].get("OPTIONS", {}).get("pool", {})
+    return PsycopgConnector(
+        kwargs=connector_params(procrastinate_settings.DATABASE_ALIAS),
+        min_size=2,
+        max_size=WORKER_POOL_MAX_SIZE,
+        timeout=pool.get("timeout", 2.0) if isinstance(pool, dict) else 2.0,
+    )
 
 
 def _stalled_jobs(seconds_since_heartbeat: float):  # type: ignore[no-untyped-def]
@@ -143,6 +159,18 @@ def _job_manager() -> manager.JobManager:
     return manager.JobManager(DjangoConnector(alias=procrastinate_settings.DATABASE_ALIAS))
 
 
+class _Worker(Worker):
+    """The engine's worker, which also says when it stops by itself (its heartbeat could not be written, say)."""
+
+    def __init__(self, *args: Any, stopped: asyncio.Event, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stopped = stopped
+
+    def stop(self) -> None:
+        super().stop()  # type: ignore[no-untyped-call]
+        self.stopped.set()
+
+
 async def aworker_serve(
     *, concurrency: int, queues: list[str], stop: asyncio.Event, stop_now: asyncio.Event, name: str | None = None
 ) -> bool:
@@ -150,15 +178,17 @@ async def aworker_serve(
 
     Once ``stop`` is set no job is taken; the runs in progress get
     ``AGENT_WORKER_SHUTDOWN_GRACE_SECONDS`` (cut short by ``stop_now``) to
-    finish, then the rest are cancelled and their ends recorded.
+    finish, then the rest are cancelled and their ends recorded. A worker
+    that stops by itself cancels its runs at once: without its heartbeat,
+    the others would soon end them as lost while they still ran here.
     """
-    django_connector = app.connector
-    assert isinstance(django_connector, DjangoConnector)
-    with app.replace_connector(django_connector.get_worker_connector()):
+    with app.replace_connector(_worker_connector()):
         async with app.open_async():
             app.perform_import_paths()
-            worker = Worker(
+            engine_stopped = asyncio.Event()
+            worker = _Worker(
                 app,
+                stopped=engine_stopped,
                 queues=queues,
                 name=name,
                 concurrency=concurrency,
@@ -169,30 +199,37 @@ async def aworker_serve(
                 fetch_job_polling_interval=settings.AGENT_WORKER_POLL_SECONDS,
                 delete_jobs="successful",
             )
-            serving = asyncio.create_task(worker.run(), name="worker")
-            reaping = asyncio.create_task(_reap_forever(), name="worker-reaper")
-            stopping = asyncio.create_task(stop.wait())
+            serving = asyncio.create_task(worker.run(), name="worker")  # type: ignore[no-untyped-call]
+            reaping = asyncio.create_task(_reap_forever(worker), name="worker-reaper")
+            fencing = asyncio.create_task(_fence(worker, engine_stopped), name="worker-fence")
+            waiting = [asyncio.create_task(stop.wait()), asyncio.create_task(engine_stopped.wait())]
             try:
-                await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait([serving, *waiting], return_when=asyncio.FIRST_COMPLETED)
                 by_itself = not stop.is_set()
                 if by_itself:
-                    logger.error("The worker stopped by itself (see above); its runs are ended")
-                await _stop(worker, serving, stop_now)
+                    logger.error("The worker stopped by itself (see above); cancelling its runs")
+                await _stop(worker, serving, stop_now, grace_seconds=0 if by_itself else None)
             finally:
-                for task in (reaping, stopping):
+                for task in (reaping, fencing, *waiting):
                     task.cancel()
-                await asyncio.wait([reaping, stopping])
+                await asyncio.wait([reaping, fencing, *waiting])
                 if not serving.done():
                     serving.cancel()
                     await asyncio.wait([serving])
-            serving.result()  # An error in the engine is raised, not swallowed.
+            if by_itself and serving.exception() is not None:
+                # Its database connections failed: said once here, and the exit status says it too.
+                logger.error("The worker's engine failed: %s", _cause(serving.exception()))
+            else:
+                serving.result()  # An error in the engine is raised, not swallowed.
     return not by_itself
 
 
-async def _stop(worker: Worker, serving: "asyncio.Task[None]", stop_now: asyncio.Event) -> None:
+async def _stop(
+    worker: Worker, serving: "asyncio.Task[None]", stop_now: asyncio.Event, *, grace_seconds: float | None
+) -> None:
     worker.stop()  # No new job; the engine waits for the running ones.
-    if supervisor:
-        grace: float = settings.AGENT_WORKER_SHUTDOWN_GRACE_SECONDS
+    grace: float = settings.AGENT_WORKER_SHUTDOWN_GRACE_SECONDS if grace_seconds is None else grace_seconds
+    if supervisor and grace > 0:
         logger.info("Stopping: %d run(s) get %.0f s to finish", len(supervisor), grace)
         now = asyncio.create_task(stop_now.wait())
         await asyncio.wait([serving, now], timeout=grace, return_when=asyncio.FIRST_COMPLETED)
@@ -203,11 +240,48 @@ async def _stop(worker: Worker, serving: "asyncio.Task[None]", stop_now: asyncio
     await asyncio.wait([serving], timeout=STOP_TIMEOUT_SECONDS)
 
 
-async def _reap_forever() -> None:
+async def _fence(worker: Worker, stopped: asyncio.Event) -> None:
+    """Cancel this worker's runs before the others could think it dead: its heartbeat cannot be written.
+
+    Every heartbeat interval this writes the worker's heartbeat itself (as the
+    engine does), so it knows when one last got through. Once none has for
+    half of ``AGENT_WORKER_STALLED_SECONDS`` it stops the worker, which
+    cancels its runs at once: they stop here before another worker or the
+    drainer, seeing the heartbeat stale, ends them as lost. The engine alone
+    would wait for them, and they would go on writing after that end.
+    """
+    interval: float = settings.AGENT_WORKER_HEARTBEAT_SECONDS
+    limit = settings.AGENT_WORKER_STALLED_SECONDS / 2
+    last_written = time.monotonic()
+    while True:
+        await asyncio.sleep(interval)
+        if worker.worker_id is None:  # Not registered yet, or already gone.
+            last_written = time.monotonic()
+            continue
+        try:
+            await app.job_manager.update_heartbeat(worker.worker_id)
+        except Exception as exc:  # Any failure counts as a heartbeat not written; it is logged.
+            logger.warning("Could not write the worker's heartbeat: %s", _cause(exc))
+        else:
+            last_written = time.monotonic()
+        if time.monotonic() - last_written > limit:
+            logger.error("No heartbeat written for %.1f s: stopping, and cancelling this worker's runs", limit)
+            stopped.set()
+            return
+
+
+def _cause(exc: BaseException | None) -> str:
+    """What failed: the engine wraps database errors in a ConnectorException that says only "Database error"."""
+    return str(exc.__cause__ if exc is not None and exc.__cause__ is not None else exc).strip()
+
+
+async def _reap_forever(worker: Worker) -> None:
     interval: float = settings.AGENT_WORKER_REAP_SECONDS
     while True:
         try:
-            ended = await database_sync_to_async(runs_reap_stalled_default)()
+            ended = await database_sync_to_async(runs_reap_stalled)(
+                seconds_since_heartbeat=settings.AGENT_WORKER_STALLED_SECONDS, exclude_worker_id=worker.worker_id
+            )
         except DatabaseError as exc:  # The database is down: the next round tries again.
             logger.warning("Could not look for the runs of stalled workers: %s", exc)
         except Exception:  # Keep reaping whatever one round hit.
