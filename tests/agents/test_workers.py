@@ -328,3 +328,17 @@ def test_run_agent_says_when_no_worker_takes_the_run_and_stops_following_on_a_se
     assert process.wait(timeout=15) == 130
     process.stdout.close()
     process.stderr.close()
+
+
+async def test_a_worker_without_the_runs_agent_fails_the_run_and_says_why(
+    web: DaphneServer, database: str, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    token = await login(web, "alice", PASSWORD)
+    start_worker(AGENT_MODULES="")  # The web server has tests.agents.worker_agents; this worker does not.
+    run_id = await start_run(web, token, "restartable_steps", {"steps": 1})
+    status, error = await until_run_ended(database, run_id)
+    assert status == "failed"
+    assert error == {
+        "kind": "exception",
+        "message": "This worker has no agent named 'restartable_steps'; deploy the same agents on every process.",
+    }
