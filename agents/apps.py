@@ -1,7 +1,9 @@
+import importlib
 import importlib.util
 import logging
 
 from django.apps import AppConfig
+from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
@@ -13,8 +15,12 @@ class AgentsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Register the built-in agents and tools.
+        # Register the built-in agents and tools, then the deployment's own (AGENT_MODULES): the
+        # same on every process, web servers and workers alike.
         from . import builtin  # noqa: F401
+
+        for module in settings.AGENT_MODULES:
+            importlib.import_module(module)
 
         # The LangGraph example needs the optional extra (requirements-agents.txt). It is
         # looked for, not imported: LangChain loads when a run needs it, not at every start.

@@ -29,6 +29,8 @@ class AgentSpec:
     validate_input: InputValidator
     input_help: dict[str, str] = field(default_factory=dict)
     input_example: dict[str, Any] = field(default_factory=dict)
+    # Safe to run again from the start if the worker running it dies (see ``agent``).
+    restartable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +75,18 @@ def agent(
     validate_input: InputValidator = _no_validation,
     input_help: dict[str, str] | None = None,
     input_example: dict[str, Any] | None = None,
+    restartable: bool = False,
 ) -> Callable[[A], A]:
     """Register an async agent function under ``name``.
 
     ``input_help`` describes each input field; ``input_example`` is a valid
     input that clients (the web console) offer as a starting point.
+
+    ``restartable=True`` declares that running the agent again from the start
+    is safe (its tools have no effects that must not happen twice). Then, if
+    the worker running it dies, the run is started again on another worker,
+    up to ``AGENT_RESTART_MAX_ATTEMPTS`` times: the same run, continuing its
+    events (no second ``agent_started``). Otherwise, it ends as ``lost``.
     """
 
     def register(func: A) -> A:
@@ -87,7 +96,7 @@ def agent(
             raise ValueError(f"An agent named {name} is already registered.")
         example = dict(input_example or {})
         validate_input(dict(example))  # A bad example is a bug in the agent's module: fail at import.
-        _agents[name] = AgentSpec(name, description, func, validate_input, dict(input_help or {}), example)
+        _agents[name] = AgentSpec(name, description, func, validate_input, dict(input_help or {}), example, restartable)
         return func  # type: ignore[return-value]
 
     return register

@@ -21,11 +21,14 @@ from .execution import Observer, RunExecution
 from .models import ACTIVE_STATUSES, AgentRun, RunStatus
 from .registry import agent_get, agent_input_validate
 from .supervisor import SupervisorClosed, supervisor
+from .tasks import run_job_defer
 
 logger = logging.getLogger(__name__)
 
 LOST_MESSAGE = "The process running this agent stopped before the run ended."
 CANCEL_MESSAGE = "The run was cancelled by the user."
+WORKER_STOPPED_REASON = "The run was cancelled because the worker running it stopped."
+WORKER_LOST_MESSAGE = "The worker running this agent stopped responding before the run ended."
 
 
 def run_create(*, user_id: int, agent: str, input: object, run_timeout: object = None) -> AgentRun:
@@ -41,23 +44,34 @@ def run_create(*, user_id: int, agent: str, input: object, run_timeout: object =
         limit: int = settings.AGENT_MAX_ACTIVE_RUNS_PER_USER
         if active >= limit:
             raise TooManyRuns(f"You already have {active} runs going; the limit is {limit}.")
-        return AgentRun.objects.create(
+        run = AgentRun.objects.create(
             user_id=user_id,
             agent=spec.name,
             input=validated,
             timeout_seconds=timeout_seconds,
             created_at=timezone.now(),
         )
+        if settings.AGENT_EXECUTION == "worker":
+            # In the run's transaction: a run that exists always has its job.
+            run_job_defer(run.id)
+        return run
 
 
 async def arun_start(
     *, user_id: int, agent: str, input: object, run_timeout: object = None, observer: Observer | None = None
 ) -> AgentRun:
-    """Create a run and start executing it in this process.
+    """Create a run and start executing it: in this process, or on a worker (``AGENT_EXECUTION``).
 
-    Raises ``SupervisorClosed`` while the process shuts down; a run created
-    just before that is removed again, since it never started.
+    In process, raises ``SupervisorClosed`` while the process shuts down; a
+    run created just before that is removed again, since it never started.
+    For a worker, the run is only enqueued (``observer`` is not called: follow
+    the run's events in the log instead).
     """
+    if settings.AGENT_EXECUTION == "worker":
+        queued: AgentRun = await database_sync_to_async(run_create)(
+            user_id=user_id, agent=agent, input=input, run_timeout=run_timeout
+        )
+        return queued
     if not supervisor.accepting:
         raise SupervisorClosed("The server is shutting down; no new runs start.")
     run: AgentRun = await database_sync_to_async(run_create)(
@@ -100,7 +114,10 @@ def runs_reap_lost(*, grace_seconds: float) -> int:
     now = timezone.now()
     # Active runs are few (bounded per user) and indexed; the deadline is
     # per run, so it is computed here rather than in portable SQL.
-    active = AgentRun.objects.filter(status__in=ACTIVE_STATUSES).only(
+    # On workers a queued run waits for a free worker, however long: its job is in the
+    # queue, and a worker that takes it starts it.
+    statuses = [RunStatus.RUNNING] if settings.AGENT_EXECUTION == "worker" else list(ACTIVE_STATUSES)
+    active = AgentRun.objects.filter(status__in=statuses).only(
         "pk", "user_id", "agent", "timeout_seconds", "started_at", "created_at"
     )
     overdue = [
@@ -111,27 +128,33 @@ def runs_reap_lost(*, grace_seconds: float) -> int:
     reaped = 0
     for run in overdue:
         with transaction.atomic():
-            claimed = AgentRun.objects.filter(pk=run.pk, status__in=ACTIVE_STATUSES).update(
-                status=RunStatus.FAILED, finished_at=now, error={"kind": "lost", "message": LOST_MESSAGE}
-            )
-            if not claimed:
-                continue
-            began = run.started_at or run.created_at
-            event_record(
-                user_id=run.user_id,
-                event=EventType.AGENT_ERROR,
-                run_id=run.pk,
-                agent=run.agent,
-                data={
-                    "kind": "lost",
-                    "message": LOST_MESSAGE,
-                    "duration_ms": int((now - began).total_seconds() * 1000),
-                },
-            )
-        reaped += 1
-        metrics.run_ended(outcome="lost", duration_seconds=(now - began).total_seconds())
-        logger.warning("Run %s of %s was lost; ended it", run.pk, run.agent)
+            reaped += run_end_lost(run, message=LOST_MESSAGE)
     return reaped
+
+
+def run_end_lost(run: AgentRun, *, message: str) -> bool:
+    """End an active run as ``lost`` (one ``agent_error``), unless something ended it first.
+
+    Call it inside a transaction: the claim and the event commit together, so
+    a run is never ended twice. ``run`` needs its pk, user, agent and start.
+    """
+    now = timezone.now()
+    claimed = AgentRun.objects.filter(pk=run.pk, status__in=ACTIVE_STATUSES).update(
+        status=RunStatus.FAILED, finished_at=now, error={"kind": "lost", "message": message}
+    )
+    if not claimed:
+        return False
+    began = run.started_at or run.created_at
+    event_record(
+        user_id=run.user_id,
+        event=EventType.AGENT_ERROR,
+        run_id=run.pk,
+        agent=run.agent,
+        data={"kind": "lost", "message": message, "duration_ms": int((now - began).total_seconds() * 1000)},
+    )
+    transaction.on_commit(lambda: metrics.run_ended(outcome="lost", duration_seconds=(now - began).total_seconds()))
+    logger.warning("Run %s of %s was lost; ended it: %s", run.pk, run.agent, message)
+    return True
 
 
 def runs_reap_lost_default() -> int:

@@ -102,12 +102,12 @@ class RunSupervisor:
         if tracked is not None:
             await asyncio.wait([tracked.task])
 
-    async def shutdown(self, *, timeout_seconds: float) -> None:
+    async def shutdown(self, *, timeout_seconds: float, reason: str = SHUTDOWN_REASON) -> None:
         """Stop accepting runs, cancel every run, and wait up to ``timeout_seconds`` for their ends."""
         self._closing = True
         tasks = [tracked.task for tracked in self._runs.values()]
         for run_id in list(self._runs):
-            self.cancel(run_id, reason=SHUTDOWN_REASON)
+            self.cancel(run_id, reason=reason)
         if tasks:
             logger.info("Cancelling %d run(s) for shutdown", len(tasks))
             _, pending = await asyncio.wait(tasks, timeout=timeout_seconds)
@@ -118,15 +118,15 @@ class RunSupervisor:
                 stuck = [tracked.execution for tracked in self._runs.values() if tracked.task in pending]
                 for execution in stuck:
                     execution.end_abandon()
-                await self._force_end(stuck)
+                await self._force_end(stuck, reason=reason)
         await self._poller_stop()
 
-    async def _force_end(self, executions: list[RunExecution]) -> None:
+    async def _force_end(self, executions: list[RunExecution], *, reason: str) -> None:
         """Record the end of runs whose agents ignore cancellation (they can emit nothing more)."""
         for execution in executions:
             try:
                 await asyncio.wait_for(
-                    execution.finish(Outcome(RunStatus.CANCELLED, kind="cancelled", message=SHUTDOWN_REASON)),
+                    execution.finish(Outcome(RunStatus.CANCELLED, kind="cancelled", message=reason)),
                     timeout=FORCE_END_TIMEOUT_SECONDS,
                 )
             except DatabaseError as exc:  # The reaper will end it as lost.

@@ -213,6 +213,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".test-db.sqlite3")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+IS_POSTGRESQL = DATABASES["default"]["ENGINE"] == "config.postgresql"
+if IS_POSTGRESQL:
+    # The task engine that runs agents on workers (agents/workers.py). Its tables are
+    # PostgreSQL's alone, so on SQLite it is not installed and runs stay in-process.
+    INSTALLED_APPS.insert(INSTALLED_APPS.index("agents"), "procrastinate.contrib.django")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -422,6 +427,9 @@ if len(SERVER_GC_THRESHOLDS) != 3 or min(SERVER_GC_THRESHOLDS) < 1:
     raise ImproperlyConfigured("SERVER_GC_THRESHOLDS must be three positive integers, like 50000,20,10.")
 
 # Agent runs.
+# Modules that register the deployment's own agents and tools (dotted paths), imported at start
+# by every process: web servers, workers and commands.
+AGENT_MODULES = env_list("AGENT_MODULES", [])
 AGENT_RUN_TIMEOUT_SECONDS = env_float("AGENT_RUN_TIMEOUT_SECONDS", 60.0)
 AGENT_RUN_MAX_TIMEOUT_SECONDS = env_float("AGENT_RUN_MAX_TIMEOUT_SECONDS", 600.0)
 AGENT_MAX_ACTIVE_RUNS_PER_USER = env_int("AGENT_MAX_ACTIVE_RUNS_PER_USER", 5)
@@ -446,6 +454,38 @@ if AGENT_THINKING_COALESCE_MS < 0 or AGENT_THINKING_COALESCE_CHARS < 1:
 AGUI_KEEPALIVE_SECONDS = env_float("AGUI_KEEPALIVE_SECONDS", 15.0)
 if AGUI_KEEPALIVE_SECONDS <= 0:
     raise ImproperlyConfigured("AGUI_KEEPALIVE_SECONDS must be positive.")
+# Where runs execute: "inprocess" (in the process that started them: the web server or
+# run_agent) or "worker" (on `manage.py run_worker` processes, through Procrastinate; web
+# servers and run_agent then only enqueue). Workers need PostgreSQL; the default follows it.
+AGENT_EXECUTION = env_str("AGENT_EXECUTION", "inprocess")
+if AGENT_EXECUTION not in ("inprocess", "worker"):
+    raise ImproperlyConfigured(f"AGENT_EXECUTION must be inprocess or worker, not {AGENT_EXECUTION!r}.")
+if AGENT_EXECUTION == "worker" and not IS_POSTGRESQL:
+    raise ImproperlyConfigured("AGENT_EXECUTION=worker needs PostgreSQL (DATABASE_URL=postgres://...).")
+# run_worker: how many runs one worker executes at once, and on which queues.
+AGENT_WORKER_CONCURRENCY = env_int("AGENT_WORKER_CONCURRENCY", 50)
+AGENT_WORKER_QUEUES = env_list("AGENT_WORKER_QUEUES", ["agents"])
+# On SIGTERM a worker takes no new run, lets its runs finish for this long, then cancels the rest.
+AGENT_WORKER_SHUTDOWN_GRACE_SECONDS = env_float("AGENT_WORKER_SHUTDOWN_GRACE_SECONDS", 30.0)
+# A worker writes its heartbeat this often; one silent for AGENT_WORKER_STALLED_SECONDS is dead,
+# and its runs end as lost (or restart, for agents that allow it) at the next check, made every
+# AGENT_WORKER_REAP_SECONDS by every worker and by drain_events. With the defaults a killed
+# worker's runs end within 10 + 5 s.
+AGENT_WORKER_HEARTBEAT_SECONDS = env_float("AGENT_WORKER_HEARTBEAT_SECONDS", 2.0)
+AGENT_WORKER_STALLED_SECONDS = env_float("AGENT_WORKER_STALLED_SECONDS", 10.0)
+AGENT_WORKER_REAP_SECONDS = env_float("AGENT_WORKER_REAP_SECONDS", 5.0)
+# How often an idle worker looks for jobs besides being woken by LISTEN/NOTIFY.
+AGENT_WORKER_POLL_SECONDS = env_float("AGENT_WORKER_POLL_SECONDS", 5.0)
+if AGENT_WORKER_STALLED_SECONDS <= 2 * AGENT_WORKER_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured("AGENT_WORKER_STALLED_SECONDS must be above twice AGENT_WORKER_HEARTBEAT_SECONDS.")
+# How many times a run of an agent declared restartable (@agent(restartable=True)) is started
+# again after its worker died, before it ends as lost.
+AGENT_RESTART_MAX_ATTEMPTS = env_int("AGENT_RESTART_MAX_ATTEMPTS", 3)
+PROCRASTINATE_AUTODISCOVER_MODULE_NAME = "tasks"
+# run_agent on workers: how often it reads the run's new events, and after how long a run
+# that no worker took yet makes it say so.
+RUN_AGENT_FOLLOW_POLL_SECONDS = env_float("RUN_AGENT_FOLLOW_POLL_SECONDS", 0.1)
+RUN_AGENT_WORKER_HINT_SECONDS = env_float("RUN_AGENT_WORKER_HINT_SECONDS", 5.0)
 # Async callables (dotted paths) the server awaits on SIGTERM, beside closing sockets.
 SHUTDOWN_HOOKS = env_list("SHUTDOWN_HOOKS", ["agents.supervisor.ashutdown"])
 
@@ -459,8 +499,13 @@ DRAIN_MAX_ATTEMPTS = env_int("DRAIN_MAX_ATTEMPTS", 10)
 DRAIN_BACKOFF_BASE_SECONDS = env_float("DRAIN_BACKOFF_BASE_SECONDS", 1.0)
 DRAIN_BACKOFF_MAX_SECONDS = env_float("DRAIN_BACKOFF_MAX_SECONDS", 300.0)
 DRAIN_SHUTDOWN_SECONDS = env_float("DRAIN_SHUTDOWN_SECONDS", 5.0)
-# Sync callables (dotted paths) the drainer runs every DRAIN_HOOK_SECONDS, such as reaping lost runs.
-DRAIN_HOOKS = env_list("DRAIN_HOOKS", ["agents.services.runs_reap_lost_default"])
+# Sync callables (dotted paths) the drainer runs every DRAIN_HOOK_SECONDS, such as reaping lost runs
+# and the runs of dead workers.
+DRAIN_HOOKS = env_list(
+    "DRAIN_HOOKS",
+    ["agents.services.runs_reap_lost_default"]
+    + (["agents.workers.runs_reap_stalled_default"] if IS_POSTGRESQL else []),
+)
 DRAIN_HOOK_SECONDS = env_float("DRAIN_HOOK_SECONDS", 10.0)
 
 # Retention: prune_events deletes published events older than this many days
@@ -506,5 +551,7 @@ LOGGING = {
         # A request for a host not in ALLOWED_HOSTS gets 400; scanners send
         # them all day, and a traceback for each would drown real errors.
         "django.security.DisallowedHost": {"level": "CRITICAL"},
+        # The task engine logs every job's start and end at INFO; agents.workers logs what matters.
+        "procrastinate": {"level": env_str("PROCRASTINATE_LOG_LEVEL", "WARNING")},
     },
 }

@@ -29,7 +29,16 @@ from hypothesis import settings as hypothesis_settings
 
 from config.redis_urls import redis_channel_layers
 from notifications import pgwrite
-from tests.servers import ROOT, DaphneServer, PostgresCluster, RedisServer, database_url, http_request, postgres_bindir
+from tests.servers import (
+    ROOT,
+    DaphneServer,
+    PostgresCluster,
+    RedisServer,
+    WorkerProcess,
+    database_url,
+    http_request,
+    postgres_bindir,
+)
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -238,6 +247,44 @@ def daphne(daphne_factory: Callable[..., DaphneServer], redis_url: str) -> Daphn
 def daphne_beating(daphne_factory: Callable[..., DaphneServer], redis_url: str) -> DaphneServer:
     """A shared server with a fast heartbeat, for tests of the heartbeat's catch-up."""
     return daphne_factory(redis_url=redis_url, WS_HEARTBEAT_SECONDS="0.3")
+
+
+# Workers with fast heartbeats and checks, so that a dead worker is found in about a second, not ten.
+FAST_WORKER_ENV = {
+    "AGENT_WORKER_HEARTBEAT_SECONDS": "0.2",
+    "AGENT_WORKER_STALLED_SECONDS": "1",
+    "AGENT_WORKER_REAP_SECONDS": "0.2",
+    "AGENT_WORKER_POLL_SECONDS": "0.2",
+    "AGENT_CANCEL_POLL_SECONDS": "0.1",
+    "AGENT_MODULES": "tests.agents.worker_agents",
+}
+
+
+@pytest.fixture
+def worker_factory(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start run_worker processes on a database and Redis; each still running at the end is stopped."""
+    workers: list[WorkerProcess] = []
+
+    def start(*args: str, database_url: str, redis_url: str, **env: str) -> WorkerProcess:
+        worker = WorkerProcess(
+            env={
+                "DATABASE_URL": database_url,
+                "REDIS_URL": redis_url,
+                "CHANNEL_LAYER_PREFIX": SESSION_PREFIX,
+                "DJANGO_SECRET_KEY": django_settings.SECRET_KEY,
+                **FAST_WORKER_ENV,
+                **env,
+            },
+            log_path=tmp_path / f"worker-{len(workers)}.log",
+            args=args,
+        )
+        worker.start()
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
 
 
 SCRATCH_PG_URL = os.environ.get("SCRATCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")

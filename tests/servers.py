@@ -232,6 +232,65 @@ class DaphneServer:
         assert not problems, "The server logged problems:\n" + text
 
 
+class WorkerProcess:
+    """``manage.py run_worker`` as a subprocess, its output in a log file (never a pipe that could fill)."""
+
+    def __init__(self, *, env: dict[str, str], log_path: Path, args: tuple[str, ...] = ()) -> None:
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "AGENT_EXECUTION": "worker", **env}
+        self.args = args
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "manage.py", "run_worker", *self.args],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for(self._ready, timeout=START_TIMEOUT_SECONDS, what="the worker to start")
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"run_worker exited with {self.process.returncode}:\n{self.log()}")
+        return "Worker started" in self.log()
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = STOP_TIMEOUT_SECONDS) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within the bound."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def executed(self) -> set[str]:
+        """The ids of the runs this worker started executing (from its log)."""
+        return set(re.findall(r"executing run ([0-9a-f-]{36})", self.log()))
+
+    def wait_log(self, text: str, *, timeout: float = 20.0) -> None:
+        wait_for(lambda: text in self.log(), timeout=timeout, what=f"{text!r} in the worker's log")
+
+
 class LineReader:
     """Read a child's output pipe line by line, every wait bounded (select on the raw fd)."""
 

@@ -75,7 +75,9 @@ def test_a_weak_secret_key_is_refused_with_debug_off() -> None:
 def production_server_env(collected_static: Path, **extra: str) -> dict[str, str]:
     """The documented production environment for a test server (its database and Redis come from the factory)."""
     env = env_file(PRODUCTION_ENV)
-    for key in ("DATABASE_URL", "REDIS_URL", "DJANGO_SECRET_KEY"):
+    # (AGENT_EXECUTION too: these tests are about HTTP, and the suite's database may be
+    # SQLite, where runs stay in process.)
+    for key in ("DATABASE_URL", "REDIS_URL", "DJANGO_SECRET_KEY", "AGENT_EXECUTION"):
         env.pop(key)
     return {**env, "DJANGO_STATIC_ROOT": str(collected_static), **extra}
 
@@ -135,22 +137,29 @@ def service_command(service: dict[str, Any]) -> list[str]:
     return [*service.get("entrypoint", []), *service["command"]] if "entrypoint" in service else image_command()
 
 
-def test_compose_runs_migrations_once_before_two_web_servers_and_two_drainers() -> None:
+def test_compose_runs_migrations_once_before_two_web_servers_two_workers_and_two_drainers() -> None:
     services = compose()["services"]
-    assert services["web"]["deploy"]["replicas"] == 2 and services["drainer"]["deploy"]["replicas"] == 2
-    for name in ("web", "drainer", "pruner"):
+    for name in ("web", "worker", "drainer"):
+        assert services[name]["deploy"]["replicas"] == 2
+    for name in ("web", "worker", "drainer", "pruner"):
         assert services[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
     assert services["migrate"]["depends_on"]["db"] == {"condition": "service_healthy"}
     assert services["migrate"]["restart"] == "no"
     # The image's health check is the web server's; the other services turn it off.
-    for name in ("migrate", "drainer", "pruner", "manage"):
+    for name in ("migrate", "worker", "drainer", "pruner", "manage"):
         assert services[name]["healthcheck"] == {"disable": True}
+    # Runs execute on the workers only, and a worker's stop has the time its grace needs.
+    for name in ("migrate", "web", "worker", "drainer", "pruner", "manage"):
+        assert services[name]["environment"]["AGENT_EXECUTION"] == "worker"
+    assert service_command(services["worker"]) == ["python", "manage.py", "run_worker"]
+    grace = float(services["worker"]["environment"]["AGENT_WORKER_SHUTDOWN_GRACE_SECONDS"])
+    assert float(services["worker"]["stop_grace_period"].removesuffix("s")) >= grace + 10
     assert "healthcheck" not in services["web"]
     assert service_command(services["migrate"]) == ["python", "manage.py", "migrate", "--noinput"]
     assert service_command(services["web"])[:3] == ["python", "-m", "config.server"]
     assert "--proxy-headers" in service_command(services["web"])
     # Every app service talks to the same PostgreSQL and Redis.
-    for name in ("migrate", "web", "drainer", "pruner", "manage"):
+    for name in ("migrate", "web", "worker", "drainer", "pruner", "manage"):
         env = services[name]["environment"]
         assert env["DATABASE_URL"].startswith("postgres://") and "@db:5432/" in env["DATABASE_URL"]
         assert env["REDIS_URL"] == "redis://redis:6379/0"
@@ -224,10 +233,10 @@ def on_host(command: list[str]) -> list[str]:
 
 
 def test_the_services_commands_run_as_written_on_the_host(
-    tmp_path: Path, redis_url: str, collected_static: Path
+    scratch_postgres: Callable[[str], str], redis_url: str, collected_static: Path
 ) -> None:
     services = compose()["services"]
-    database_url = f"sqlite:///{tmp_path / 'compose.sqlite3'}"
+    database_url = scratch_postgres("compose")  # PostgreSQL, as in compose.yaml: its workers need it.
 
     def env_of(name: str) -> dict[str, str]:
         return host_env(services[name], database_url=database_url, redis_url=redis_url, static_root=collected_static)
@@ -279,6 +288,14 @@ def test_the_services_commands_run_as_written_on_the_host(
         drainer.send_signal(signal.SIGTERM)
         assert "published 1" in output.until("Done:")
         assert drainer.wait(timeout=15) == 0
+
+    # worker: starts taking runs, then stops on SIGTERM with exit 0.
+    with started(on_host(service_command(services["worker"])), env_of("worker")) as worker:
+        output = LineReader(worker.stdout)
+        output.until("Worker started: 50 runs at once, queues agents.")
+        worker.send_signal(signal.SIGTERM)
+        output.until("Worker stopped.")
+        assert worker.wait(timeout=15) == 0
 
     # pruner: a pass, then waits for the next hour until SIGTERM.
     with started(on_host(service_command(services["pruner"])), env_of("pruner")) as pruner:

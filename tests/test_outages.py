@@ -32,6 +32,7 @@ from tests.servers import (
     LineReader,
     PostgresCluster,
     RedisServer,
+    WorkerProcess,
     http_request,
     started,
     wait_for,
@@ -422,3 +423,40 @@ def test_run_agent_refuses_at_once_while_the_database_is_down(stack: Stack) -> N
         assert time.monotonic() - begun < 15
     finally:
         stack.cluster.start()
+
+
+def test_a_worker_that_loses_the_database_cancels_its_runs_and_exits_1_then_they_end_once_as_lost(
+    stack: Stack, worker_factory: Callable[..., WorkerProcess]
+) -> None:
+    """Without its heartbeat the others would end its runs while they still ran there: it stops them itself."""
+    env = {"REDIS_URL": stack.redis.url, "AGENT_EXECUTION": "worker"}
+    worker = worker_factory(database_url=stack.database_url, redis_url=stack.redis.url)
+    code = (
+        "from agents.services import run_create; "
+        f"print(run_create(user_id={stack.user_id}, agent='demo', input={LONG_DEMO_INPUT}).id)"
+    )
+    created = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": stack.database_url, **env},
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    run_id = created.stdout.split()[-1]
+    worker.wait_log(f"executing run {run_id}")
+    stack.cluster.stop()
+    try:
+        assert worker.wait(timeout=30) == 1  # Bounded by the end's retries (AGENT_SHUTDOWN_TIMEOUT_SECONDS).
+        assert "The worker stopped by itself" in worker.log()
+    finally:
+        stack.cluster.start()
+    # Its end could not be written; the next worker finds its heartbeat stale and ends it, once.
+    worker_factory(database_url=stack.database_url, redis_url=stack.redis.url)
+    wait_for(lambda: stack.query("SELECT status FROM agents_agentrun WHERE id = %s", run_id) == [("failed",)],
+             timeout=30, what="the run to be ended")  # fmt: skip
+    events = [event for _, event, _ in stack.log(run_id=run_id)]
+    assert events[0] == "agent_started" and events.count("agent_error") == 1 and events[-1] == "agent_error"
+    [(error,)] = stack.query("SELECT error FROM agents_agentrun WHERE id = %s", run_id)
+    assert error["kind"] == "lost"

@@ -8,22 +8,22 @@ runs; its clients move to the other server, resume, and miss nothing.
 """
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from tests.conftest import LIFECYCLE_OF_TWO_STEPS, SESSION_PREFIX, manage
-from tests.servers import ROOT, DaphneServer, LineReader, RedisServer, free_port
-from tests.wsclient import Client, ws_connect
+from tests.e2e import events_until_closed, of_run, start_run, until_event, until_logged
+from tests.e2e import login as e2e_login
+from tests.servers import ROOT, DaphneServer, LineReader, RedisServer, WorkerProcess, free_port
+from tests.wsclient import ws_connect
 
 PASSWORD = "scale-out-password"
 
@@ -59,51 +59,8 @@ async def until_all_published(database_url: str, username: str, *, timeout: floa
             await asyncio.sleep(0.05)
 
 
-def post(url: str, body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())  # type: ignore[no-any-return]
-
-
 async def login(server: DaphneServer, username: str) -> str:
-    pair = await asyncio.to_thread(
-        post, f"{server.http_url}/api/auth/token/", {"username": username, "password": PASSWORD}
-    )
-    return str(pair["access"])
-
-
-async def start_run(server: DaphneServer, token: str, agent: str, input: dict[str, Any]) -> str:
-    run = await asyncio.to_thread(post, f"{server.http_url}/api/runs/", {"agent": agent, "input": input}, token)
-    return str(run["id"])
-
-
-def of_run(frames: list[dict[str, Any]], run_id: str) -> list[tuple[int, str]]:
-    return [(frame["seq"], frame["event"]) for frame in frames if frame["run_id"] == run_id]
-
-
-async def events_until_closed(client: Client, *, timeout: float = 15.0) -> tuple[list[dict[str, Any]], int | None]:
-    """Collect event frames until the server closes; return them and the close code."""
-    frames: list[dict[str, Any]] = []
-    async with asyncio.timeout(timeout):
-        try:
-            while True:
-                frame = await client.frame()
-                if frame["type"] == "event":
-                    frames.append(frame)
-        except ConnectionClosed as exc:
-            return frames, exc.rcvd.code if exc.rcvd is not None else None
-
-
-async def until_event(client: Client, event: str, *, timeout: float = 15.0) -> list[dict[str, Any]]:
-    """Collect event frames up to and including the first ``event``."""
-    frames: list[dict[str, Any]] = []
-    async with asyncio.timeout(timeout):
-        while not frames or frames[-1]["event"] != event:
-            frames += await client.events(1, timeout=timeout)
-    return frames
+    return await e2e_login(server, username, PASSWORD)
 
 
 @pytest.fixture
@@ -215,4 +172,139 @@ async def test_two_servers_and_two_drainers_deliver_every_event_once_in_order_th
         # (A drainer's second publish of an event reaches no one: connections drop it by seq.)
         assert await on_b.settle() == []
         assert await bob_on_b.settle() == []  # Bob saw none of it.
+    server_b.assert_log_clean()
+
+
+# Runs on workers: web servers restarted under them, a worker killed under them.
+
+WORKER_WEB_ENV = {"AGENT_EXECUTION": "worker", "AGENT_MAX_ACTIVE_RUNS_PER_USER": "50"}
+TERMINAL = {"agent_completed", "agent_error"}
+
+
+async def follow(
+    servers: list[DaphneServer], token: str, run_ids: set[str], *, after: int, timeout: float = 90.0
+) -> list[dict[str, Any]]:
+    """A client that stays with the user's runs to their ends: on each close it moves to the next server and resumes.
+
+    It starts after seq ``after`` (the user's last event before the runs), and
+    returns every event frame it received, in order of receipt.
+    """
+    frames: list[dict[str, Any]] = []
+    ended: set[str] = set()
+    attempt = 0
+    async with asyncio.timeout(timeout):
+        while not run_ids <= ended:
+            server = servers[attempt % len(servers)]
+            attempt += 1
+            try:
+                async with ws_connect(server.ws_url, token) as client:
+                    # As docs/protocol.md section 4 tells a client: hold events back until
+                    # `resumed`, then process only those newer than the last one processed.
+                    await client.send({"type": "resume", "after": frames[-1]["seq"] if frames else after})
+                    held: list[dict[str, Any]] = []
+                    resumed = False
+                    while not run_ids <= ended:
+                        frame = await client.frame()
+                        if frame["type"] == "resumed":
+                            resumed = True
+                        elif frame["type"] == "event":
+                            held.append(frame)
+                        if not resumed:
+                            continue
+                        for event in held:
+                            if event["seq"] > (frames[-1]["seq"] if frames else after):
+                                frames.append(event)
+                                if event["event"] in TERMINAL:
+                                    ended.add(event["run_id"])
+                        held = []
+            except (ConnectionClosed, OSError, InvalidHandshake):
+                await asyncio.sleep(0.05)  # A server stopping or starting: try the next one.
+    return frames
+
+
+def last_seq(database_url: str, username: str) -> int:
+    return max((seq for seq, *_ in logged(database_url, username)), default=0)
+
+
+def ended_runs(database_url: str, run_ids: set[str]) -> dict[str, tuple[str, Any]]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT id::text, status, error FROM agents_agentrun WHERE id::text = ANY(%s)", [list(run_ids)]
+        ).fetchall()
+    return {run_id: (status, error) for run_id, status, error in rows if status not in ("queued", "running")}
+
+
+def assert_received_the_log(frames: list[dict[str, Any]], database_url: str, username: str, run_ids: set[str]) -> None:
+    """Every event of the runs, once, in the log's order."""
+    log = [(seq, event, run_id) for seq, event, run_id, _ in logged(database_url, username) if run_id in run_ids]
+    got = [(f["seq"], f["event"], f["run_id"]) for f in frames if f["run_id"] in run_ids]
+    assert got == log
+
+
+async def test_two_web_servers_and_two_workers_keep_every_run_through_restarts_and_a_killed_worker(
+    scratch_database: str,
+    redis: RedisServer,
+    daphne_factory: Callable[..., DaphneServer],
+    worker_factory: Callable[..., WorkerProcess],
+) -> None:
+    server_a = daphne_factory(redis_url=redis.url, DATABASE_URL=scratch_database, **WORKER_WEB_ENV)
+    server_b = daphne_factory(redis_url=redis.url, DATABASE_URL=scratch_database, **WORKER_WEB_ENV)
+    workers = [
+        worker_factory("--concurrency", "10", database_url=scratch_database, redis_url=redis.url) for _ in range(2)
+    ]
+    alice, bob = await login(server_a, "alice"), await login(server_b, "bob")
+
+    # 1. Twenty runs in flight; both web servers restarted one after the other.
+    long_enough = {"steps": 30, "delay": 0.2}  # Six seconds or more: longer than the two restarts.
+    alice_after, bob_after = last_seq(scratch_database, "alice"), last_seq(scratch_database, "bob")
+    alice_runs = {await start_run(server_a, alice, "demo", long_enough) for _ in range(10)}
+    bob_runs = {await start_run(server_b, bob, "demo", long_enough) for _ in range(10)}
+    following = [
+        asyncio.create_task(follow([server_a, server_b], alice, alice_runs, after=alice_after)),
+        asyncio.create_task(follow([server_b, server_a], bob, bob_runs, after=bob_after)),
+    ]
+    await until_logged(scratch_database, next(iter(alice_runs)), 3)
+    for server in (server_a, server_b):
+        await asyncio.to_thread(server.restart)
+    assert len(ended_runs(scratch_database, alice_runs | bob_runs)) < 20  # The restarts happened mid-flight.
+    alice_frames, bob_frames = await asyncio.gather(*following)
+    ended = ended_runs(scratch_database, alice_runs | bob_runs)
+    assert set(ended.values()) == {("completed", None)} and len(ended) == 20
+    assert_received_the_log(alice_frames, scratch_database, "alice", alice_runs)
+    assert_received_the_log(bob_frames, scratch_database, "bob", bob_runs)
+    assert workers[0].executed() | workers[1].executed() == alice_runs | bob_runs
+
+    # 2. Twenty more fill both workers; one is killed. Its runs end lost, the other's complete.
+    long_run = {"steps": 50, "delay": 0.2}
+    alice_after, bob_after = last_seq(scratch_database, "alice"), last_seq(scratch_database, "bob")
+    alice_runs = {await start_run(server_a, alice, "demo", long_run) for _ in range(10)}
+    bob_runs = {await start_run(server_b, bob, "demo", long_run) for _ in range(10)}
+    following = [
+        asyncio.create_task(follow([server_a, server_b], alice, alice_runs, after=alice_after)),
+        asyncio.create_task(follow([server_b, server_a], bob, bob_runs, after=bob_after)),
+    ]
+    for run_id in alice_runs | bob_runs:
+        await until_logged(scratch_database, run_id, 2)  # Every run is executing somewhere.
+    doomed, survivor = workers
+    on_doomed = doomed.executed() & (alice_runs | bob_runs)
+    on_survivor = survivor.executed() & (alice_runs | bob_runs)
+    assert len(on_doomed) == len(on_survivor) == 10  # Ten at a time each.
+    doomed.signal(signal.SIGKILL)
+    async with asyncio.timeout(30):  # The requirement: a killed worker's runs end within 30 s.
+        while not on_doomed <= set(ended_runs(scratch_database, on_doomed)):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    lost = ended_runs(scratch_database, on_doomed)
+    assert {status for status, _ in lost.values()} == {"failed"}
+    assert {error["kind"] for _, error in lost.values()} == {"lost"}
+    alice_frames, bob_frames = await asyncio.gather(*following)
+    completed = ended_runs(scratch_database, on_survivor)
+    assert set(completed.values()) == {("completed", None)} and len(completed) == 10
+    assert_received_the_log(alice_frames, scratch_database, "alice", alice_runs)
+    assert_received_the_log(bob_frames, scratch_database, "bob", bob_runs)
+    for run_id in alice_runs | bob_runs:
+        events = [event for _, event, run, _ in logged(scratch_database, "alice") + logged(scratch_database, "bob")
+                  if run == run_id]  # fmt: skip
+        assert events.count("agent_started") == 1 and sum(event in TERMINAL for event in events) == 1
+    assert survivor.executed() & on_doomed == set()  # No run executed twice.
+    server_a.assert_log_clean()
     server_b.assert_log_clean()

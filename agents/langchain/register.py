@@ -28,6 +28,7 @@ def graph_agent(
     validate_input: InputValidator | None = None,
     input_help: dict[str, str] | None = None,
     input_example: dict[str, Any] | None = None,
+    restartable: bool = False,
 ) -> None:
     """Register ``graph`` (a runnable, or a function of the run's input that builds one) as agent ``name``.
 
@@ -35,6 +36,7 @@ def graph_agent(
     its output, through ``result`` (default: the last message's content for a
     graph whose state has ``messages``, else the output as JSON), is the
     run's result. An exception from the graph ends the run as any agent's does.
+    ``restartable`` is ``agent``'s: the graph may run again from the start if its worker dies.
     """
 
     async def run(ctx: RunContext, input: dict[str, Any]) -> Any:
@@ -55,8 +57,15 @@ def graph_agent(
         await handler.aclose()
         return (result or default_result)(output)
 
-    checks = {} if validate_input is None else {"validate_input": validate_input}
-    agent(name, description=description, input_help=input_help, input_example=input_example, **checks)(run)
+    register = agent(
+        name,
+        description=description,
+        input_help=input_help,
+        input_example=input_example,
+        restartable=restartable,
+        **({} if validate_input is None else {"validate_input": validate_input}),
+    )
+    register(run)
 
 
 def default_result(output: Any) -> Any:

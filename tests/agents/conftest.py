@@ -19,6 +19,7 @@ from agents.models import ACTIVE_STATUSES, AgentRun
 from agents.registry import agent, tool
 from agents.supervisor import supervisor
 from notifications.models import Event
+from tests.agents import worker_agents  # noqa: F401  (registers restartable_steps here too)
 from tests.conftest import ChannelLayers
 from tests.hostile import big_strings, deep_values, field_values, hostile_text, mostly, python_values, weighted
 

@@ -4,16 +4,19 @@ import asyncio
 import contextlib
 import json
 import signal
+import uuid
 from typing import Any
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
-from agents.exceptions import RunRefused
-from agents.models import AgentRun, RunStatus
-from agents.services import arun_start
+from agents.exceptions import RunFinished, RunNotFound, RunRefused
+from agents.lifecycle import TERMINAL
+from agents.models import ACTIVE_STATUSES, AgentRun, RunStatus
+from agents.services import arun_cancel, arun_start
 from agents.supervisor import supervisor
 from config.signals import stop_signals_handled
 from notifications.exceptions import InvalidJson
@@ -58,7 +61,8 @@ class Command(BaseCommand):
             raise CommandError(f"The database is unavailable: {exc}", returncode=EXIT_FAILED) from None
         if user_id is None:
             raise CommandError(f"No user named {user!r}.", returncode=EXIT_USAGE)
-        status = asyncio.run(self._run(user_id=user_id, agent=agent, run_input=run_input, run_timeout=timeout))
+        run = self._follow if settings.AGENT_EXECUTION == "worker" else self._run
+        status = asyncio.run(run(user_id=user_id, agent=agent, run_input=run_input, run_timeout=timeout))
         if status != RunStatus.COMPLETED:
             raise SystemExit(EXIT_CODES.get(status, 1))
 
@@ -103,6 +107,86 @@ class Command(BaseCommand):
                     f"The run's outcome could not be read, the database is unavailable: {exc}", returncode=EXIT_FAILED
                 ) from None
             return RunStatus(ended.status)
+
+    async def _follow(self, *, user_id: int, agent: str, run_input: object, run_timeout: float | None) -> RunStatus:
+        """On workers: enqueue the run, then print its events from the log until its end."""
+        loop = asyncio.get_running_loop()
+        stop_following = asyncio.Event()
+        interrupts = 0
+        run_id: uuid.UUID | None = None
+        cancelling: list[asyncio.Task[None]] = []
+
+        def interrupt() -> None:
+            # Ctrl-C (or SIGTERM) asks the worker to cancel the run, and we follow it to its end;
+            # a second one stops following (the worker still ends the run).
+            nonlocal interrupts
+            interrupts += 1
+            if interrupts > 1:
+                self.stderr.write("Interrupted again: not following the run any longer.")
+                stop_following.set()
+                return
+            self.stderr.write("Interrupted: cancelling the run (interrupt again to stop following it).")
+            if run_id is not None:
+                cancelling.append(loop.create_task(self._cancel(user_id, run_id)))
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, interrupt)
+        try:
+            try:
+                run = await arun_start(user_id=user_id, agent=agent, input=run_input, run_timeout=run_timeout)
+            except RunRefused as exc:
+                raise CommandError(exc.detail, returncode=EXIT_USAGE) from None
+            except DatabaseError as exc:
+                raise CommandError(f"The database is unavailable: {exc}", returncode=EXIT_FAILED) from None
+            run_id = run.id
+            if interrupts:
+                await self._cancel(user_id, run_id)
+            try:
+                ended = await self._print_until_end(run, stop_following)
+            except DatabaseError as exc:
+                raise CommandError(
+                    f"The run's events could not be read, the database is unavailable: {exc}", returncode=EXIT_FAILED
+                ) from None
+            return ended
+        finally:
+            if cancelling:
+                await asyncio.wait(cancelling)  # Each is one bounded query.
+            await aconnections_close()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+
+    async def _print_until_end(self, run: AgentRun, stop_following: asyncio.Event) -> RunStatus:
+        """Print the run's events as they are logged; return its status once it has ended."""
+        interval: float = settings.RUN_AGENT_FOLLOW_POLL_SECONDS
+        after, waited, hinted = 0, 0.0, False
+        while not stop_following.is_set():
+            events = [event async for event in Event.objects.filter(run_id=run.id, seq__gt=after).order_by("seq")]
+            for event in events:
+                self._print(event)
+                after = event.seq
+            if events and events[-1].event in TERMINAL:
+                break
+            if not events and after == 0:
+                waited += interval
+                if waited >= settings.RUN_AGENT_WORKER_HINT_SECONDS and not hinted:
+                    hinted = True
+                    self.stderr.write(
+                        "The run is queued and no worker has taken it yet: is `manage.py run_worker` running?"
+                    )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop_following.wait(), timeout=interval)
+        ended: AgentRun = await AgentRun.objects.aget(pk=run.id)
+        if ended.status in ACTIVE_STATUSES:  # Stopped following: it is being cancelled.
+            return RunStatus.CANCELLED
+        return RunStatus(ended.status)
+
+    async def _cancel(self, user_id: int, run_id: uuid.UUID) -> None:
+        try:
+            await arun_cancel(user_id=user_id, run_id=run_id)
+        except (RunFinished, RunNotFound):  # It has just ended.
+            pass
+        except DatabaseError as exc:
+            self.stderr.write(f"Could not ask for the run's cancellation, the database is unavailable: {exc}")
 
     def _print(self, event: Event) -> None:
         frame = event_frame(event)
