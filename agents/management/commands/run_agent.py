@@ -116,11 +116,11 @@ class Command(BaseCommand):
         run_id: uuid.UUID | None = None
         cancelling: list[asyncio.Task[None]] = []
 
-        def interrupt() -> None:
+        def interrupt(signum: signal.Signals, count: int) -> None:
             # Ctrl-C (or SIGTERM) asks the worker to cancel the run, and we follow it to its end;
             # a second one stops following (the worker still ends the run).
             nonlocal interrupts
-            interrupts += 1
+            interrupts = count
             if interrupts > 1:
                 self.stderr.write("Interrupted again: not following the run any longer.")
                 stop_following.set()
@@ -129,9 +129,11 @@ class Command(BaseCommand):
             if run_id is not None:
                 cancelling.append(loop.create_task(self._cancel(user_id, run_id)))
 
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, interrupt)
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            # Undone in reverse: the cancel requests are awaited and the connections closed while signals are handled.
+            stack.enter_context(stop_signals_handled(interrupt))
+            stack.push_async_callback(aconnections_close)
+            stack.push_async_callback(_all_awaited, cancelling)
             try:
                 run = await arun_start(user_id=user_id, agent=agent, input=run_input, run_timeout=run_timeout)
             except RunRefused as exc:
@@ -148,12 +150,6 @@ class Command(BaseCommand):
                     f"The run's events could not be read, the database is unavailable: {exc}", returncode=EXIT_FAILED
                 ) from None
             return ended
-        finally:
-            if cancelling:
-                await asyncio.wait(cancelling)  # Each is one bounded query.
-            await aconnections_close()
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
 
     async def _print_until_end(self, run: AgentRun, stop_following: asyncio.Event) -> RunStatus:
         """Print the run's events as they are logged; return its status once it has ended."""
@@ -198,3 +194,8 @@ def _run_stop(run: AgentRun, *, abandon_end: bool) -> None:
     supervisor.cancel(run.id, reason=INTERRUPT_REASON)
     if abandon_end:
         supervisor.abandon_end(run.id)
+
+
+async def _all_awaited(tasks: list[asyncio.Task[None]]) -> None:
+    if tasks:
+        await asyncio.wait(tasks)  # Each is one bounded query.

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from agents.workers import aworker_serve
+from config.signals import stop_signals_handled
 from notifications.services import aconnections_close
 
 EXIT_STOPPED_BY_ITSELF = 1
@@ -49,11 +50,10 @@ class Command(BaseCommand):
             raise SystemExit(EXIT_STOPPED_BY_ITSELF)
 
     async def _serve(self, *, concurrency: int, queues: list[str], name: str | None) -> bool:
-        loop = asyncio.get_running_loop()
         stop, stop_now = asyncio.Event(), asyncio.Event()
 
-        def interrupt() -> None:
-            if stop.is_set():
+        def interrupt(signum: signal.Signals, count: int) -> None:
+            if count > 1:
                 self.stderr.write("Interrupted again: cancelling the runs in progress now.")
                 stop_now.set()
                 return
@@ -64,15 +64,14 @@ class Command(BaseCommand):
             )
             stop.set()
 
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, interrupt)
-        try:
-            self.stdout.write(f"Worker started: {concurrency} runs at once, queues {', '.join(queues)}.")
-            self.stdout.flush()
-            clean = await aworker_serve(concurrency=concurrency, queues=queues, stop=stop, stop_now=stop_now, name=name)
-            self.stdout.write("Worker stopped." if clean else "The worker stopped by itself.")
-            return clean
-        finally:
-            await aconnections_close()
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
+        with stop_signals_handled(interrupt):
+            try:
+                self.stdout.write(f"Worker started: {concurrency} runs at once, queues {', '.join(queues)}.")
+                self.stdout.flush()
+                clean = await aworker_serve(
+                    concurrency=concurrency, queues=queues, stop=stop, stop_now=stop_now, name=name
+                )
+                self.stdout.write("Worker stopped." if clean else "The worker stopped by itself.")
+                return clean
+            finally:
+                await aconnections_close()
