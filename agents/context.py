@@ -39,6 +39,10 @@ class RunContext:
         self._step = 0
         self._calls: dict[str, tuple[str, float]] = {}  # Started tool calls: call id -> (tool, start time).
 
+    def steps_continue_after(self, step: int) -> None:
+        """Count this attempt's thoughts on from ``step`` (a run started again after its worker died)."""
+        self._step = step
+
     async def think(self, thought: str) -> None:
         """Tell the user what the agent is thinking."""
         self._step += 1

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
@@ -29,6 +30,7 @@ from .context import RunContext
 from .exceptions import EventsUnavailable
 from .lifecycle import Lifecycle
 from .models import ACTIVE_STATUSES, AgentRun, RunStatus
+from .restart import CALL_STOPPED_MESSAGE, earlier_attempt_read, restart_thought
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ class RunExecution:
     when the process must stop before the end could be written.
     """
 
-    def __init__(self, run: AgentRun, *, observer: Observer | None = None) -> None:
+    def __init__(self, run: AgentRun, *, observer: Observer | None = None, restart: int = 0) -> None:
         self.run_id: uuid.UUID = run.id
         self.user_id: int = run.user_id
         self.agent: str = run.agent
@@ -67,6 +69,9 @@ class RunExecution:
         self._cancel_reason = "The run was cancelled."
         self._unavailable = False
         self._end_abandoned = asyncio.Event()
+        # Above 0: the run is already running, and this is its restart number (agents.restart).
+        self._restart = restart
+        self._first_started_at = run.started_at
 
     @property
     def running(self) -> bool:
@@ -132,6 +137,8 @@ class RunExecution:
         ``unavailable``: ``finish`` then records its end once it is back.
         """
         self._running = True
+        if self._restart:
+            return await self._start_again()
         self._started_at = time.monotonic()
         now = timezone.now()
 
@@ -163,6 +170,50 @@ class RunExecution:
             self._observe(record)
         return bool(records)
 
+    def elapsed_seconds(self) -> float:
+        """Seconds since the run first started: a restarted run's timeout and duration count from then."""
+        return time.monotonic() - self._started_at
+
+    async def _start_again(self) -> bool:
+        """Take a running run over from its dead worker; False if something ended it meanwhile.
+
+        In one transaction, while the run is still running: its open tool
+        calls are closed as failed and an ``agent_thinking`` says that it
+        starts again. The agent then runs from its beginning, its steps
+        counting on from the earlier attempt's.
+        """
+        if self._first_started_at is not None:
+            self._started_at = time.monotonic() - (timezone.now() - self._first_started_at).total_seconds()
+        async with self._emit_lock:
+            try:
+                earlier = await database_sync_to_async(earlier_attempt_read)(self.run_id)
+                if earlier.ended:
+                    return False
+                self._lifecycle.restore((True, False, earlier.open_calls))
+                events = _calls_closed(earlier.open_calls, message=CALL_STOPPED_MESSAGE)
+                step = earlier.steps + 1
+                events.append((EventType.AGENT_THINKING, {"thought": restart_thought(self._restart), "step": step}))
+                records = await aevents_record_if(
+                    condition=_still_running(self.run_id),
+                    user_id=self.user_id,
+                    run_id=self.run_id,
+                    agent=self.agent,
+                    events=events,
+                )
+            except DATABASE_UNAVAILABLE as exc:
+                logger.warning("Run %s could not start again; it ends as unavailable: %s", self.run_id, exc)
+                self._unavailable = True
+                return True
+            if not records:
+                return False
+            for event, data in events:
+                self._lifecycle.advance(event, call_id=data.get("call_id"))
+            self.context.steps_continue_after(step)
+        logger.warning("Run %s lost its worker and starts again (restart %d)", self.run_id, self._restart)
+        for record in records:
+            self._observe(record)
+        return True
+
     async def finish(self, outcome: Outcome) -> None:
         """Close any open tool calls and record the one terminal event, with the run's end.
 
@@ -174,13 +225,7 @@ class RunExecution:
         async with self._emit_lock:
             if self._lifecycle.finished:
                 return
-            events: list[tuple[str, dict[str, Any]]] = [
-                (
-                    EventType.TOOL_COMPLETED,
-                    {"call_id": call_id, "tool": tool, "ok": False, "error": outcome.message, "duration_ms": None},
-                )
-                for call_id, tool in self._lifecycle.open_calls.items()
-            ]
+            events = _calls_closed(self._lifecycle.open_calls, message=outcome.message)
             if outcome.kind is None:
                 events.append((EventType.AGENT_COMPLETED, {"result": outcome.result, "duration_ms": duration_ms}))
                 error = None
@@ -229,6 +274,24 @@ class RunExecution:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._end_abandoned.wait(), timeout=delay)
             delay = min(delay * 2, settings.AGENT_END_RETRY_MAX_SECONDS)
+
+
+def _calls_closed(open_calls: dict[str, str], *, message: str) -> list[tuple[str, dict[str, Any]]]:
+    """A failed ``tool_completed`` for each call still open, cut short by the run's end or restart."""
+    return [
+        (
+            EventType.TOOL_COMPLETED,
+            {"call_id": call_id, "tool": tool, "ok": False, "error": message, "duration_ms": None},
+        )
+        for call_id, tool in open_calls.items()
+    ]
+
+
+def _still_running(run_id: uuid.UUID) -> Callable[[], bool]:
+    def claim() -> bool:
+        return AgentRun.objects.filter(pk=run_id, status=RunStatus.RUNNING).exists()
+
+    return claim
 
 
 def _end_claim(run_id: uuid.UUID, outcome: Outcome, error: dict[str, str] | None) -> Callable[[], bool]:

@@ -38,7 +38,8 @@ async def run_execute(spec: AgentSpec, execution: RunExecution, timeout_seconds:
         logger.info("Run %s was no longer queued; not started", execution.run_id)
         return None
     ctx = execution.context
-    deadline = asyncio.timeout(timeout_seconds)
+    # A restarted run's timeout counts from its first start.
+    deadline = asyncio.timeout(timeout_seconds - execution.elapsed_seconds())
     try:
         if execution.unavailable:
             raise EventsUnavailable(UNAVAILABLE_MESSAGE)

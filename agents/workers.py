@@ -68,7 +68,8 @@ async def arun_job_execute(run_id: uuid.UUID, *, job_id: int, attempts: int) -> 
         # Never executed twice: the reaper ends it as lost.
         logger.error("Job %s: run %s is already running and its agent is not restartable", job_id, run_id)
         return
-    task = supervisor.start(spec, RunExecution(run), timeout_seconds=run.timeout_seconds)
+    restart = max(attempts, 1) if run.status == RunStatus.RUNNING else 0
+    task = supervisor.start(spec, RunExecution(run, restart=restart), timeout_seconds=run.timeout_seconds)
     if run.cancel_requested_at is not None:  # Asked while it was queued.
         supervisor.cancel(run.id, reason=CANCEL_MESSAGE)
     logger.info("Job %s: executing run %s of %s (attempt %d)", job_id, run_id, run.agent, attempts + 1)

@@ -1,16 +1,20 @@
 """agents.execution: one run's start, its events in order, its single end, its cancel request."""
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import OperationalError
+from django.utils import timezone
 
 from agents import execution as execution_module
 from agents.exceptions import EventsUnavailable, LifecycleError
 from agents.execution import UNAVAILABLE_MESSAGE, Outcome, RunExecution
 from agents.models import AgentRun, RunStatus
+from agents.registry import agent_get
+from agents.runner import run_execute
 from agents.services import run_create
 from notifications.models import Event
 from notifications.services import aevents_record_if
@@ -129,3 +133,69 @@ async def test_end_abandon_stops_retrying_the_end_and_leaves_the_run_to_the_reap
         await execution.context.think("after the end")
     assert [name for name, _ in await aevents(run.id)] == ["agent_started"]
     assert (await AgentRun.objects.aget(pk=run.id)).status == RunStatus.RUNNING
+
+
+# A restart: the run goes on after its worker died (agents.restart).
+
+
+async def run_left_by_a_dead_worker(user: Any) -> tuple[AgentRun, str]:
+    """A run that an earlier attempt started, thought twice in, and left with a tool call open."""
+    run = await queued_run(user)
+    earlier = RunExecution(run)
+    await earlier.start()
+    await earlier.context.think("one")
+    await earlier.context.think("two")
+    call_id = await earlier.context.tool_started("word_count", {"text": "a b"})
+    return await AgentRun.objects.aget(pk=run.id), call_id  # (the attempt is abandoned here, as by a SIGKILL)
+
+
+async def test_a_restart_closes_the_open_calls_says_so_and_counts_the_steps_on(alice: Any) -> None:
+    run, call_id = await run_left_by_a_dead_worker(alice)
+    execution = RunExecution(run, restart=1)
+    assert await execution.start() is True
+    await execution.context.think("three")
+    await execution.finish(Outcome(RunStatus.COMPLETED, result="done"))
+    events = await aevents(run.id)
+    assert [name for name, _ in events] == [
+        "agent_started",
+        "agent_thinking",
+        "agent_thinking",
+        "tool_executing",
+        "tool_completed",  # The call the dead attempt left open, failed.
+        "agent_thinking",  # Starting again.
+        "agent_thinking",
+        "agent_completed",
+    ]
+    assert events[4][1] == {
+        "call_id": call_id,
+        "tool": "word_count",
+        "ok": False,
+        "error": "The worker running this call stopped; the run starts again.",
+        "duration_ms": None,
+    }
+    assert events[5][1] == {
+        "thought": "The worker running this run stopped; it starts again from the beginning (restart 1 of at most 3).",
+        "step": 3,
+    }
+    assert events[6][1] == {"thought": "three", "step": 4}
+    assert (await AgentRun.objects.aget(pk=run.id)).status == RunStatus.COMPLETED
+
+
+async def test_a_restart_of_a_run_that_has_ended_meanwhile_writes_nothing(alice: Any) -> None:
+    run, _ = await run_left_by_a_dead_worker(alice)
+    await RunExecution(run).finish(Outcome(RunStatus.FAILED, kind="lost", message="Lost."))
+    before = await aevents(run.id)
+    assert await RunExecution(run, restart=1).start() is False
+    assert await aevents(run.id) == before
+
+
+async def test_a_restarted_runs_timeout_counts_from_its_first_start(alice: Any) -> None:
+    run, _ = await run_left_by_a_dead_worker(alice)
+    await AgentRun.objects.filter(pk=run.id).aupdate(started_at=timezone.now() - timedelta(seconds=60))
+    run = await AgentRun.objects.aget(pk=run.id)
+    status = await asyncio.wait_for(
+        run_execute(agent_get("test_hangs"), RunExecution(run, restart=1), timeout_seconds=30), timeout=WAIT_SECONDS
+    )
+    assert status == RunStatus.TIMED_OUT
+    names = [name for name, _ in await aevents(run.id)]
+    assert names.count("agent_started") == 1 and names[-1] == "agent_error"
