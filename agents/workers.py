@@ -135,7 +135,7 @@ def _worker_connector() -> PsycopgConnector:
     pool = settings.DATABASES["default"].get("OPTIONS", {}).get("pool", {})
     return PsycopgConnector(
         kwargs=connector_params(procrastinate_settings.DATABASE_ALIAS),
-        min_size=2,
+        min_size=1,
         max_size=WORKER_POOL_MAX_SIZE,
         timeout=pool.get("timeout", 2.0) if isinstance(pool, dict) else 2.0,
     )

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -177,7 +178,11 @@ async def test_two_servers_and_two_drainers_deliver_every_event_once_in_order_th
 
 # Runs on workers: web servers restarted under them, a worker killed under them.
 
-WORKER_WEB_ENV = {"AGENT_EXECUTION": "worker", "AGENT_MAX_ACTIVE_RUNS_PER_USER": "50"}
+WORKER_WEB_ENV = {
+    "AGENT_EXECUTION": "worker",
+    "AGENT_MAX_ACTIVE_RUNS_PER_USER": "50",
+    "AGENT_MODULES": "tests.agents.worker_agents",
+}
 TERMINAL = {"agent_completed", "agent_error"}
 
 
@@ -246,6 +251,7 @@ async def test_two_web_servers_and_two_workers_keep_every_run_through_restarts_a
     redis: RedisServer,
     daphne_factory: Callable[..., DaphneServer],
     worker_factory: Callable[..., WorkerProcess],
+    tmp_path: Path,
 ) -> None:
     server_a = daphne_factory(redis_url=redis.url, DATABASE_URL=scratch_database, **WORKER_WEB_ENV)
     server_b = daphne_factory(redis_url=redis.url, DATABASE_URL=scratch_database, **WORKER_WEB_ENV)
@@ -254,11 +260,13 @@ async def test_two_web_servers_and_two_workers_keep_every_run_through_restarts_a
     ]
     alice, bob = await login(server_a, "alice"), await login(server_b, "bob")
 
-    # 1. Twenty runs in flight; both web servers restarted one after the other.
-    long_enough = {"steps": 30, "delay": 0.2}  # Six seconds or more: longer than the two restarts.
+    # 1. Twenty runs in flight; both web servers restarted one after the other. The runs are held
+    # halfway until the gate opens, so they are all still going through both restarts.
+    gate = tmp_path / "restarts-done"
+    long_enough = {"steps": 6, "gate": str(gate)}
     alice_after, bob_after = last_seq(scratch_database, "alice"), last_seq(scratch_database, "bob")
-    alice_runs = {await start_run(server_a, alice, "demo", long_enough) for _ in range(10)}
-    bob_runs = {await start_run(server_b, bob, "demo", long_enough) for _ in range(10)}
+    alice_runs = {await start_run(server_a, alice, "gated_steps", long_enough) for _ in range(10)}
+    bob_runs = {await start_run(server_b, bob, "gated_steps", long_enough) for _ in range(10)}
     following = [
         asyncio.create_task(follow([server_a, server_b], alice, alice_runs, after=alice_after)),
         asyncio.create_task(follow([server_b, server_a], bob, bob_runs, after=bob_after)),
@@ -266,7 +274,8 @@ async def test_two_web_servers_and_two_workers_keep_every_run_through_restarts_a
     await until_logged(scratch_database, next(iter(alice_runs)), 3)
     for server in (server_a, server_b):
         await asyncio.to_thread(server.restart)
-    assert len(ended_runs(scratch_database, alice_runs | bob_runs)) < 20  # The restarts happened mid-flight.
+    assert ended_runs(scratch_database, alice_runs | bob_runs) == {}  # All twenty went on through both.
+    gate.touch()
     alice_frames, bob_frames = await asyncio.gather(*following)
     ended = ended_runs(scratch_database, alice_runs | bob_runs)
     assert set(ended.values()) == {("completed", None)} and len(ended) == 20
@@ -275,10 +284,11 @@ async def test_two_web_servers_and_two_workers_keep_every_run_through_restarts_a
     assert workers[0].executed() | workers[1].executed() == alice_runs | bob_runs
 
     # 2. Twenty more fill both workers; one is killed. Its runs end lost, the other's complete.
-    long_run = {"steps": 50, "delay": 0.2}
+    gate = tmp_path / "worker-killed"
+    long_run = {"steps": 6, "gate": str(gate)}
     alice_after, bob_after = last_seq(scratch_database, "alice"), last_seq(scratch_database, "bob")
-    alice_runs = {await start_run(server_a, alice, "demo", long_run) for _ in range(10)}
-    bob_runs = {await start_run(server_b, bob, "demo", long_run) for _ in range(10)}
+    alice_runs = {await start_run(server_a, alice, "gated_steps", long_run) for _ in range(10)}
+    bob_runs = {await start_run(server_b, bob, "gated_steps", long_run) for _ in range(10)}
     following = [
         asyncio.create_task(follow([server_a, server_b], alice, alice_runs, after=alice_after)),
         asyncio.create_task(follow([server_b, server_a], bob, bob_runs, after=bob_after)),
@@ -296,6 +306,8 @@ async def test_two_web_servers_and_two_workers_keep_every_run_through_restarts_a
     lost = ended_runs(scratch_database, on_doomed)
     assert {status for status, _ in lost.values()} == {"failed"}
     assert {error["kind"] for _, error in lost.values()} == {"lost"}
+    assert ended_runs(scratch_database, on_survivor) == {}  # Held at the gate until now.
+    gate.touch()
     alice_frames, bob_frames = await asyncio.gather(*following)
     completed = ended_runs(scratch_database, on_survivor)
     assert set(completed.values()) == {("completed", None)} and len(completed) == 10
@@ -308,3 +320,5 @@ async def test_two_web_servers_and_two_workers_keep_every_run_through_restarts_a
     assert survivor.executed() & on_doomed == set()  # No run executed twice.
     server_a.assert_log_clean()
     server_b.assert_log_clean()
+    for server in (server_a, server_b):  # Their connections are not the session's to hold.
+        server.stop()

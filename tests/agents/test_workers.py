@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -45,9 +45,11 @@ def redis(redis_server_factory: Callable[[], RedisServer]) -> RedisServer:
 
 
 @pytest.fixture(scope="module")
-def web(daphne_factory: Callable[..., DaphneServer], database: str, redis: RedisServer) -> DaphneServer:
-    """A web server that only enqueues runs."""
-    return daphne_factory(redis_url=redis.url, DATABASE_URL=database, **WEB_ENV)
+def web(daphne_factory: Callable[..., DaphneServer], database: str, redis: RedisServer) -> Iterator[DaphneServer]:
+    """A web server that only enqueues runs (stopped after the module: its connections are not the session's)."""
+    server = daphne_factory(redis_url=redis.url, DATABASE_URL=database, **WEB_ENV)
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -13,16 +13,16 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
-from django.db import connections
+from django.db import connection, connections
 from playwright.sync_api import expect
 
 from agents.models import AgentRun
 from agents.services import run_create
 from notifications.models import Event
 from notifications.services import event_record
-from tests.conftest import LIFECYCLE_OF_TWO_STEPS
+from tests.conftest import LIFECYCLE_OF_TWO_STEPS, test_database_url
 from tests.console.conftest import ConsolePage, console_env
-from tests.servers import DaphneServer
+from tests.servers import DaphneServer, WorkerProcess
 
 # What a browser reports while its server is down.
 SERVER_DOWN_ERRORS = ["WebSocket connection to", "Failed to load resource", "ERR_CONNECTION_REFUSED"]
@@ -355,3 +355,34 @@ def test_the_printed_demo_login_works_in_the_console(
     run_id = console.start("demo")
     console.expect_event("agent_completed")
     assert console.timeline() == logged(run_id)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="workers need PostgreSQL; on SQLite runs stay in process")
+def test_runs_started_and_cancelled_from_the_console_execute_on_a_worker(
+    open_console: Callable[..., ConsolePage],
+    console_user: Callable[..., Any],
+    daphne_factory: Callable[..., DaphneServer],
+    worker_factory: Callable[..., WorkerProcess],
+    redis_url: str,
+    collected_static: Path,
+) -> None:
+    server = daphne_factory(redis_url=redis_url, **console_env(collected_static, AGENT_EXECUTION="worker"))
+    worker = worker_factory(database_url=test_database_url(), redis_url=redis_url)
+    console_user("alice")
+    console = open_console(server)
+    console.login("alice")
+
+    finished = console.start("demo", {"steps": 2, "delay": 0.05})
+    console.expect_event("agent_completed")
+    assert console.timeline() == logged(finished)
+    assert [event for _, event in console.timeline()] == LIFECYCLE_OF_TWO_STEPS
+
+    cancelled = console.start("demo", {"steps": 50, "delay": 0.2})
+    console.expect_event("agent_thinking")
+    console.page.get_by_role("button", name="Cancel run").click()
+    console.expect_event("agent_error")
+    expect(console.page.locator("#run-status")).to_have_text("cancelled")
+    assert console.timeline() == logged(cancelled)
+    assert worker.executed() == {finished, cancelled}
+    console.tolerated.extend(SERVER_DOWN_ERRORS)  # (the page may see the server go)
+    server.stop()  # Its connections are not the session's to hold.
