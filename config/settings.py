@@ -201,6 +201,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
             # 30 s outage is 16 s long; giving a slot up after this long instead lets
             # the next caller open a fresh one at once.
             "reconnect_timeout": env_float("DB_POOL_RECONNECT_SECONDS", 2.0),
+            # A connection idle this long is closed (down to min_size): after a burst, a process
+            # gives back what it no longer uses, so many processes fit in max_connections.
+            "max_idle": env_float("DB_POOL_MAX_IDLE_SECONDS", 600.0),
         }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {

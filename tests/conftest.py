@@ -225,6 +225,8 @@ def daphne_factory(
             "THROTTLE_AUTH_RATE": "100000/min",
             "THROTTLE_AUTH_REFRESH_RATE": "100000/min",
             "THROTTLE_RUNS_RATE": "100000/min",
+            # The suite's servers live for the whole session: idle, they give their connections back.
+            "DB_POOL_MAX_IDLE_SECONDS": "5",
             **env,
         }
         server = DaphneServer(env=server_env, log_path=tmp_path_factory.mktemp("daphne") / "server.log", args=args)
@@ -257,6 +259,7 @@ FAST_WORKER_ENV = {
     "AGENT_WORKER_POLL_SECONDS": "0.2",
     "AGENT_CANCEL_POLL_SECONDS": "0.1",
     "AGENT_MODULES": "tests.agents.worker_agents",
+    "DB_POOL_MAX_IDLE_SECONDS": "5",
 }
 
 

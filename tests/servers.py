@@ -160,103 +160,35 @@ class RedisServer:
         self.start()
 
 
-class DaphneServer:
-    """This project's server (``python -m config.server``) as a subprocess."""
+class ServiceProcess:
+    """A long-running process of this project, its output in a log file (never a pipe that could fill)."""
+
+    name = "the process"
 
     def __init__(self, *, env: dict[str, str], log_path: Path, args: tuple[str, ...] = ()) -> None:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
         self.args = args
         self.log_path = log_path
-        self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws/notifications/"
+    def command(self) -> list[str]:
+        raise NotImplementedError
 
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def ready(self) -> bool:
+        raise NotImplementedError
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "config.server", "-b", "127.0.0.1", "-p", str(self.port), *self.args],
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                self.command(), cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
-        wait_for(self._ready, timeout=START_TIMEOUT_SECONDS, what=f"daphne on port {self.port}")
+        wait_for(self._started, timeout=START_TIMEOUT_SECONDS, what=f"{self.name} to start")
 
-    def _ready(self) -> bool:
+    def _started(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise RuntimeError(f"daphne exited with {self.process.returncode}:\n{self.log()}")
-        return port_open(self.port)
-
-    def restart(self) -> None:
-        """Start again on the same port (after a stop or a signal), as a redeploy would."""
-        if self.process is not None and self.process.poll() is None:
-            self.stop()
-        wait_for(lambda: not port_open(self.port), timeout=STOP_TIMEOUT_SECONDS, what="daphne's port to close")
-        self.start()
-
-    def signal(self, signum: int = signal.SIGTERM) -> None:
-        assert self.process is not None
-        self.process.send_signal(signum)
-
-    def wait(self, timeout: float = STOP_TIMEOUT_SECONDS) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout=timeout)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def log_size(self) -> int:
-        return self.log_path.stat().st_size if self.log_path.exists() else 0
-
-    def assert_log_clean(self, *, since: int = 0) -> None:
-        text = self.log()[since:]
-        problems = [line for line in text.splitlines() if LOG_PROBLEMS.search(line)]
-        assert not problems, "The server logged problems:\n" + text
-
-
-class WorkerProcess:
-    """``manage.py run_worker`` as a subprocess, its output in a log file (never a pipe that could fill)."""
-
-    def __init__(self, *, env: dict[str, str], log_path: Path, args: tuple[str, ...] = ()) -> None:
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "AGENT_EXECUTION": "worker", **env}
-        self.args = args
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "run_worker", *self.args],
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        wait_for(self._ready, timeout=START_TIMEOUT_SECONDS, what="the worker to start")
-
-    def _ready(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"run_worker exited with {self.process.returncode}:\n{self.log()}")
-        return "Worker started" in self.log()
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log()}")
+        return self.ready()
 
     def signal(self, signum: int = signal.SIGTERM) -> None:
         assert self.process is not None
@@ -282,6 +214,60 @@ class WorkerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def assert_log_clean(self, *, since: int = 0) -> None:
+        text = self.log()[since:]
+        problems = [line for line in text.splitlines() if LOG_PROBLEMS.search(line)]
+        assert not problems, f"{self.name} logged problems:\n" + text
+
+
+class DaphneServer(ServiceProcess):
+    """This project's server (``python -m config.server``) as a subprocess."""
+
+    name = "daphne"
+
+    def __init__(self, *, env: dict[str, str], log_path: Path, args: tuple[str, ...] = ()) -> None:
+        super().__init__(env=env, log_path=log_path, args=args)
+        self.port = free_port()
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/notifications/"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "config.server", "-b", "127.0.0.1", "-p", str(self.port), *self.args]
+
+    def ready(self) -> bool:
+        return port_open(self.port)
+
+    def restart(self) -> None:
+        """Start again on the same port (after a stop or a signal), as a redeploy would."""
+        if self.running():
+            self.stop()
+        wait_for(lambda: not port_open(self.port), timeout=STOP_TIMEOUT_SECONDS, what="daphne's port to close")
+        self.start()
+
+
+class WorkerProcess(ServiceProcess):
+    """``manage.py run_worker`` as a subprocess, executing runs (AGENT_EXECUTION=worker)."""
+
+    name = "run_worker"
+
+    def __init__(self, *, env: dict[str, str], log_path: Path, args: tuple[str, ...] = ()) -> None:
+        super().__init__(env={"AGENT_EXECUTION": "worker", **env}, log_path=log_path, args=args)
+
+    def command(self) -> list[str]:
+        return [sys.executable, "manage.py", "run_worker", *self.args]
+
+    def ready(self) -> bool:
+        return "Worker started" in self.log()
 
     def executed(self) -> set[str]:
         """The ids of the runs this worker started executing (from its log)."""

@@ -246,6 +246,23 @@ def assert_received_the_log(frames: list[dict[str, Any]], database_url: str, use
     assert got == log
 
 
+async def gated_runs_followed(
+    database_url: str, servers: tuple[DaphneServer, DaphneServer], tokens: tuple[str, str], gate: Path
+) -> tuple[set[str], set[str], list["asyncio.Task[list[dict[str, Any]]]"]]:
+    """Ten runs each for Alice (through A) and Bob (through B), held at ``gate``; a client following each user."""
+    server_a, server_b = servers
+    alice, bob = tokens
+    alice_after, bob_after = last_seq(database_url, "alice"), last_seq(database_url, "bob")
+    held = {"steps": 6, "gate": str(gate)}
+    alice_runs = {await start_run(server_a, alice, "gated_steps", held) for _ in range(10)}
+    bob_runs = {await start_run(server_b, bob, "gated_steps", held) for _ in range(10)}
+    following = [
+        asyncio.create_task(follow([server_a, server_b], alice, alice_runs, after=alice_after)),
+        asyncio.create_task(follow([server_b, server_a], bob, bob_runs, after=bob_after)),
+    ]
+    return alice_runs, bob_runs, following
+
+
 async def test_two_web_servers_and_two_workers_keep_every_run_through_restarts_and_a_killed_worker(
     scratch_database: str,
     redis: RedisServer,
@@ -263,14 +280,9 @@ async def test_two_web_servers_and_two_workers_keep_every_run_through_restarts_a
     # 1. Twenty runs in flight; both web servers restarted one after the other. The runs are held
     # halfway until the gate opens, so they are all still going through both restarts.
     gate = tmp_path / "restarts-done"
-    long_enough = {"steps": 6, "gate": str(gate)}
-    alice_after, bob_after = last_seq(scratch_database, "alice"), last_seq(scratch_database, "bob")
-    alice_runs = {await start_run(server_a, alice, "gated_steps", long_enough) for _ in range(10)}
-    bob_runs = {await start_run(server_b, bob, "gated_steps", long_enough) for _ in range(10)}
-    following = [
-        asyncio.create_task(follow([server_a, server_b], alice, alice_runs, after=alice_after)),
-        asyncio.create_task(follow([server_b, server_a], bob, bob_runs, after=bob_after)),
-    ]
+    alice_runs, bob_runs, following = await gated_runs_followed(
+        scratch_database, (server_a, server_b), (alice, bob), gate
+    )
     await until_logged(scratch_database, next(iter(alice_runs)), 3)
     for server in (server_a, server_b):
         await asyncio.to_thread(server.restart)
@@ -285,14 +297,9 @@ async def test_two_web_servers_and_two_workers_keep_every_run_through_restarts_a
 
     # 2. Twenty more fill both workers; one is killed. Its runs end lost, the other's complete.
     gate = tmp_path / "worker-killed"
-    long_run = {"steps": 6, "gate": str(gate)}
-    alice_after, bob_after = last_seq(scratch_database, "alice"), last_seq(scratch_database, "bob")
-    alice_runs = {await start_run(server_a, alice, "gated_steps", long_run) for _ in range(10)}
-    bob_runs = {await start_run(server_b, bob, "gated_steps", long_run) for _ in range(10)}
-    following = [
-        asyncio.create_task(follow([server_a, server_b], alice, alice_runs, after=alice_after)),
-        asyncio.create_task(follow([server_b, server_a], bob, bob_runs, after=bob_after)),
-    ]
+    alice_runs, bob_runs, following = await gated_runs_followed(
+        scratch_database, (server_a, server_b), (alice, bob), gate
+    )
     for run_id in alice_runs | bob_runs:
         await until_logged(scratch_database, run_id, 2)  # Every run is executing somewhere.
     doomed, survivor = workers
