@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from asgiref.sync import async_to_sync
 from django.db import connection, transaction
+from django.test import Client
 from procrastinate import manager
 
 from agents.exceptions import TooManyRuns
@@ -138,3 +139,14 @@ def test_the_job_of_a_run_that_already_ended_is_failed_without_a_second_end(alic
     assert reap() == 0
     assert jobs_of(run.id) == [("failed", 1)]
     assert not Event.objects.filter(run_id=run.id).exists()
+
+
+def test_operators_see_a_queued_run_and_its_job_in_the_admin(
+    alice: Any, workers_mode: None, staff_client: Client
+) -> None:
+    run = run_create(user_id=alice.pk, agent="demo", input={})
+    runs = staff_client.get("/admin/agents/agentrun/", {"status__exact": "queued"})
+    assert runs.status_code == 200 and str(run.id) in runs.content.decode()
+    # Procrastinate's own admin pages, read-only, list the job that will execute it.
+    jobs = staff_client.get("/admin/procrastinate/procrastinatejob/")
+    assert jobs.status_code == 200 and str(run.id) in jobs.content.decode()
