@@ -61,3 +61,23 @@ def test_env_helpers_reject_garbage(monkeypatch: pytest.MonkeyPatch) -> None:
         project_settings.env_int("X_INT", 1)
     monkeypatch.setenv("X_LIST", "a, b,,c")
     assert project_settings.env_list("X_LIST", []) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"AGENT_EXECUTION": "celery"}, "AGENT_EXECUTION must be inprocess or worker, not 'celery'."),
+        (
+            {"AGENT_EXECUTION": "worker", "DATABASE_URL": "sqlite:///unused.sqlite3"},
+            "AGENT_EXECUTION=worker needs PostgreSQL",
+        ),
+        (
+            {"AGENT_WORKER_HEARTBEAT_SECONDS": "5", "AGENT_WORKER_STALLED_SECONDS": "10"},
+            "AGENT_WORKER_STALLED_SECONDS must be above twice AGENT_WORKER_HEARTBEAT_SECONDS.",
+        ),
+    ],
+)
+def test_worker_settings_that_cannot_work_refuse_to_start(env: dict[str, str], message: str) -> None:
+    result = settings_in_subprocess(**env)
+    assert result.returncode != 0
+    assert message in result.stderr
