@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from django.db import connection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from tests.conftest import LIFECYCLE_OF_TWO_STEPS, SESSION_PREFIX, manage
@@ -263,6 +264,7 @@ async def gated_runs_followed(
     return alice_runs, bob_runs, following
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="workers: covered by the PostgreSQL run")
 async def test_two_web_servers_and_two_workers_keep_every_run_through_restarts_and_a_killed_worker(
     scratch_database: str,
     redis: RedisServer,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from django.db import connection
 
 from agents.services import CANCEL_MESSAGE, WORKER_LOST_MESSAGE, WORKER_STOPPED_REASON
 from tests.conftest import LIFECYCLE_OF_TWO_STEPS, SESSION_PREFIX, manage
@@ -28,7 +29,12 @@ PASSWORD = "workers-password"
 WEB_ENV = {"AGENT_EXECUTION": "worker", "AGENT_MODULES": "tests.agents.worker_agents"}
 LONG_RUN = {"steps": 50, "delay": 0.2}  # Ten seconds: longer than any test lets it go on.
 
-pytestmark = pytest.mark.e2e
+# They use a PostgreSQL database of their own whatever the suite's database is, so the suite's
+# PostgreSQL run covers them; under SQLite (where runs stay in process) they would repeat it.
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(connection.vendor != "postgresql", reason="workers: covered by the PostgreSQL run"),
+]
 
 
 @pytest.fixture(scope="module")
