@@ -25,5 +25,4 @@ async def run(context: JobContext, run_id: str) -> None:
 
 def run_job_defer(run_id: uuid.UUID) -> int:
     """Enqueue the run's job on the current database connection: inside the caller's transaction."""
-    job_id = run.defer(run_id=str(run_id))
-    return job_id
+    return run.defer(run_id=str(run_id))
