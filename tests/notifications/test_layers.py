@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from channels.layers import InMemoryChannelLayer
 from django.conf import settings
 from django.utils.module_loading import import_string
 from redis import asyncio as aioredis
@@ -19,6 +20,7 @@ from notifications.layers import (
     group_channel_receive,
     group_discard_many,
     new_group_channel,
+    pubsub_publish_many,
 )
 from tests.conftest import SESSION_PREFIX
 from tests.servers import RedisServer, free_port, wait_for
@@ -116,6 +118,38 @@ async def test_sharded_across_two_servers(shards: list[RedisServer], kind: str) 
             assert len(held) > 0, f"{shard.url} holds none of the 20 groups"
     finally:
         await close(layer)
+
+
+async def test_a_batch_is_published_in_order_across_two_servers_and_survives_a_script_flush(
+    shards: list[RedisServer],
+) -> None:
+    layer = layer_for(",".join(shard.url for shard in shards), "pubsub")
+    try:
+        channels = [await layer.new_channel() for _ in range(10)]
+        for index, channel in enumerate(channels):
+            await layer.group_add(f"g{index}", channel)
+        for attempt in range(2):
+            # Each group gets three messages, interleaved with the others' in the batch.
+            batch = [(f"g{index}", {"type": "test.message", "n": n}) for n in range(3) for index in range(10)]
+            assert await pubsub_publish_many(layer, batch)
+            for channel in channels:
+                got = [await asyncio.wait_for(layer.receive(channel), timeout=TIMEOUT_SECONDS) for _ in range(3)]
+                assert [message["n"] for message in got] == [0, 1, 2]
+            if attempt == 0:
+                # A server that lost its scripts (a restart, SCRIPT FLUSH) gets the script again.
+                for shard in shards:
+                    client = aioredis.Redis.from_url(shard.url)
+                    try:
+                        await client.script_flush()
+                    finally:
+                        await client.aclose()
+    finally:
+        await close(layer)
+
+
+async def test_publish_many_leaves_other_layers_to_their_group_send() -> None:
+    layer = InMemoryChannelLayer()
+    assert not await pubsub_publish_many(layer, [("g", {"type": "test.message"})])
 
 
 @pytest.mark.parametrize("kind", ["pubsub", "core"])
