@@ -73,7 +73,7 @@ class AgentRunAdmin(ReadOnlyAdmin):
         """The run's events in seq order, each linking to its row in the event log."""
         events = list(
             Event.objects.filter(run_id=run.id)
-            .select_related("user__event_stream")
+            .select_related("user__event_stream", "pending")
             .order_by("seq")[: TIMELINE_MAX_EVENTS + 1]
         )
         if not events:
@@ -90,7 +90,7 @@ class AgentRunAdmin(ReadOnlyAdmin):
                     f"{(event.created_at - start).total_seconds():.3f}",
                     event.event,
                     event_summary(event),
-                    "published" if event.published_at else "pending",
+                    "pending" if event.outbox else "published",
                     "delivered" if event.seq <= getattr(event.user, "event_stream", NO_STREAM).acked_seq else "",
                 )
                 for event in events[:TIMELINE_MAX_EVENTS]

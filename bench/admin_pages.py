@@ -83,18 +83,23 @@ def fill(*, events: int, users: int) -> None:
                        now() - ((%(events)s - n) * interval '5 seconds') AS created_at
                 FROM raw
             )
-            INSERT INTO notifications_event (id, user_id, seq, event, run_id, agent, data, created_at,
-                                             published_at, publish_attempts, last_error)
+            , written AS (
+            INSERT INTO notifications_event (id, user_id, seq, event, run_id, agent, data, created_at)
             SELECT gen_random_uuid(), user_id, seq,
                    CASE WHEN pos = 7 AND run_key %% 50 = 0 THEN 'agent_error' ELSE (%(names)s::text[])[pos + 1] END,
                    md5(user_id || '-' || run_key)::uuid,
                    CASE WHEN run_key %% 100 = 0 THEN 'rare'
                         ELSE (ARRAY['demo', 'calculator', 'planner', 'researcher'])[run_key %% 4 + 1] END,
-                   '{"thought": "Counting the words."}'::jsonb, created_at,
-                   CASE WHEN n %% 2000 = 0 THEN NULL ELSE created_at + interval '5 ms' END,
-                   CASE WHEN n %% 10000 = 0 THEN 12 WHEN n %% 2000 = 0 THEN 1 ELSE 0 END,
-                   CASE WHEN n %% 2000 = 0 THEN 'ConnectionError: Redis is down' ELSE '' END
+                   '{"thought": "Counting the words."}'::jsonb, created_at
             FROM shaped
+            RETURNING id, user_id, seq, created_at
+            )
+            -- One event in 2,000 still pending (one in 10,000 of them stuck).
+            INSERT INTO notifications_pendingevent (event_id, user_id, seq, created_at, publish_attempts, last_error)
+            SELECT w.id, w.user_id, w.seq, w.created_at,
+                   CASE WHEN s.n %% 10000 = 0 THEN 12 ELSE 1 END, 'ConnectionError: Redis is down'
+            FROM written w JOIN shaped s ON s.user_id = w.user_id AND s.seq = w.seq
+            WHERE s.n %% 2000 = 0
             """,
             {"first": first_user, "users": users, "events": events, "names": RUN_EVENTS},
         )

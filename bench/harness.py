@@ -289,8 +289,8 @@ def expected_seqs(env: dict[str, str], *, mode: str, tag: str, sent: dict[str, A
 
     with psycopg.connect(env["DATABASE_URL"]) as conn:
         rows = conn.execute(
-            "SELECT user_id, array_agg(seq), count(*) FILTER (WHERE published_at IS NULL) "
-            "FROM notifications_event WHERE data->>'r' = %s GROUP BY user_id",
+            "SELECT e.user_id, array_agg(e.seq), count(p.event_id) FROM notifications_event e "
+            "LEFT JOIN notifications_pendingevent p ON p.event_id = e.id WHERE e.data->>'r' = %s GROUP BY e.user_id",
             [tag],
         ).fetchall()
     return {int(user): set(seqs) for user, seqs, _ in rows}, sum(int(left) for *_, left in rows)

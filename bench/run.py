@@ -104,11 +104,15 @@ def drain(env: dict[str, str], count: int) -> dict[str, Any]:
             """
             WITH u AS (SELECT id, row_number() OVER (ORDER BY id) AS k FROM auth_user ORDER BY id LIMIT %(users)s),
                  s AS (SELECT COALESCE(MAX(last_seq), 0) AS base FROM notifications_stream)
-            INSERT INTO notifications_event (id, user_id, seq, event, run_id, agent, data, created_at,
-                                             publish_attempts, last_error)
-            SELECT gen_random_uuid(), u.id, s.base + n, 'agent_thinking', gen_random_uuid(), 'bench',
-                   jsonb_build_object('t', 0, 'i', n), now() - interval '1 minute', 0, ''
-            FROM u, s, generate_series(1, %(per_user)s) n
+            , written AS (
+                INSERT INTO notifications_event (id, user_id, seq, event, run_id, agent, data, created_at)
+                SELECT gen_random_uuid(), u.id, s.base + n, 'agent_thinking', gen_random_uuid(), 'bench',
+                       jsonb_build_object('t', 0, 'i', n), now() - interval '1 minute'
+                FROM u, s, generate_series(1, %(per_user)s) n
+                RETURNING id, user_id, seq, created_at
+            )
+            INSERT INTO notifications_pendingevent (event_id, user_id, seq, created_at, publish_attempts, last_error)
+            SELECT id, user_id, seq, created_at, 0, '' FROM written
             """,
             {"users": len(users), "per_user": per_user},
         )
@@ -117,10 +121,10 @@ def drain(env: dict[str, str], count: int) -> dict[str, Any]:
             "SELECT user_id, MAX(seq), 0, 0 FROM notifications_event GROUP BY user_id "
             "ON CONFLICT (user_id) DO UPDATE SET last_seq = EXCLUDED.last_seq"
         )
-        pending = conn.execute("SELECT count(*) FROM notifications_event WHERE published_at IS NULL").fetchone()
+        pending = conn.execute("SELECT count(*) FROM notifications_pendingevent").fetchone()
     full, _output = timed()
     with psycopg.connect(env["DATABASE_URL"], autocommit=True) as conn:
-        left = conn.execute("SELECT count(*) FROM notifications_event WHERE published_at IS NULL").fetchone()
+        left = conn.execute("SELECT count(*) FROM notifications_pendingevent").fetchone()
     published = int(pending[0]) - int(left[0])  # type: ignore[index]
     seconds = full - empty
     return {

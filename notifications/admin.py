@@ -131,11 +131,11 @@ class PublishStateFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: "QuerySet[Event]") -> "QuerySet[Event]":
         if self.value() == "pending":
-            return queryset.filter(published_at__isnull=True)
+            return queryset.filter(pending__isnull=False)
         if self.value() == "stuck":
-            return queryset.filter(published_at__isnull=True, publish_attempts__gte=settings.DRAIN_MAX_ATTEMPTS)
+            return queryset.filter(pending__publish_attempts__gte=settings.DRAIN_MAX_ATTEMPTS)
         if self.value() == "published":
-            return queryset.filter(published_at__isnull=False)
+            return queryset.filter(pending__isnull=True)
         return queryset
 
 
@@ -148,7 +148,7 @@ class EventAdmin(ReadOnlyAdmin):
         "agent",
         "run_link",
         "created_at",
-        "published_at",
+        "published",
         "delivered",
         "publish_attempts",
         "stuck",
@@ -158,11 +158,13 @@ class EventAdmin(ReadOnlyAdmin):
     search_fields = ("run_id", "user__username")  # (see get_search_results)
     uuid_search_field = "run_id"
     search_help_text = "An exact run id or username."
-    # The user and their stream (for the delivered column) in the page's one query.
-    list_select_related = ("user", "user__event_stream")
+    # The user, their stream (for the delivered column) and the outbox row in the page's one query.
+    list_select_related = ("user", "user__event_stream", "pending")
     # Newest first; (user, seq) makes it total, so Django adds no sort on the random UUID key.
     ordering = ("-created_at", "user", "-seq")
     actions = ("requeue",)
+    # The event page shows its outbox state beside its own fields.
+    readonly_fields = ("published", "publish_attempts", "last_error", "stuck")
 
     @admin.display(description="run", ordering="run_id")
     def run_link(self, event: Event) -> str:
@@ -175,10 +177,27 @@ class EventAdmin(ReadOnlyAdmin):
         stream = getattr(event.user, "event_stream", None)
         return stream is not None and event.seq <= stream.acked_seq
 
+    @admin.display(boolean=True, description="published")
+    def published(self, event: Event) -> bool:
+        """The channel layer has it: the event has left the outbox."""
+        return event.outbox is None
+
+    @admin.display(description="publish attempts")
+    def publish_attempts(self, event: Event) -> int | None:
+        """Failed publishes so far, while pending (gone with the outbox row once it is published)."""
+        pending = event.outbox
+        return None if pending is None else pending.publish_attempts
+
+    @admin.display(description="last error")
+    def last_error(self, event: Event) -> str:
+        pending = event.outbox
+        return "" if pending is None else pending.last_error
+
     @admin.display(boolean=True, description="stuck")
     def stuck(self, event: Event) -> bool:
         """Still pending after the drainer's attempt limit (it keeps trying, at the longest backoff)."""
-        return event.published_at is None and event.publish_attempts >= settings.DRAIN_MAX_ATTEMPTS
+        pending = event.outbox
+        return pending is not None and pending.publish_attempts >= settings.DRAIN_MAX_ATTEMPTS
 
     @admin.action(description="Re-queue selected events for publishing", permissions=["requeue"])
     def requeue(self, request: HttpRequest, queryset: "QuerySet[Event]") -> None:

@@ -13,9 +13,13 @@ Redis is talked to:
 2. Send, outside any transaction: the batch in (user, seq) order, pipelined
    in one round trip per Redis server, and recorded as sent or failed whole;
    nothing is sent once the drainer is asked to stop or runs out of time.
-3. Record, in a second short transaction: sent events are marked published
+3. Record, in a second short transaction: sent events leave the outbox
    (only those), failed ones count an attempt and back off, and the users'
    leases end.
+
+Pending events are the outbox's rows (``PendingEvent``), so a claim reads
+that narrow table and the event rows it names, and recording a batch
+deletes outbox rows: the log itself is never updated.
 
 If a drainer dies mid-batch, its lease runs out and another drainer takes
 the events again; any it had already sent are sent twice, and connections
@@ -25,7 +29,6 @@ without having been sent.
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 import uuid
 from collections.abc import Callable, Collection
@@ -40,7 +43,7 @@ from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from . import metrics
-from .models import Event, Stream
+from .models import Event, PendingEvent, Stream
 from .services import aevents_send, publish_backoff_seconds
 
 # Each batch's transactions in a thread of the pool (with a connection of its own), so batches in
@@ -67,8 +70,8 @@ class BatchResult:
 
 def pending_eligible(
     *, min_age_seconds: float, backoff: bool = True, exclude: Collection[uuid.UUID] = ()
-) -> "QuerySet[Event]":
-    """Pending events a drainer may take now: old enough, not leased, not backing off.
+) -> "QuerySet[PendingEvent]":
+    """Outbox rows a drainer may take now: old enough, not leased, not backing off.
 
     ``backoff=False`` ignores the retry times (a one-off drain tries every
     pending event once); ``exclude`` leaves out events already tried.
@@ -76,9 +79,9 @@ def pending_eligible(
     backoff: being reported as stuck does not stop their delivery.
     """
     now = timezone.now()
-    events = Event.objects.filter(
-        published_at__isnull=True, created_at__lte=now - timedelta(seconds=min_age_seconds)
-    ).exclude(user_id__in=streams_leased(now=now))
+    events = PendingEvent.objects.filter(created_at__lte=now - timedelta(seconds=min_age_seconds)).exclude(
+        user_id__in=streams_leased(now=now)
+    )
     if backoff:
         events = events.filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
     if exclude:
@@ -93,8 +96,7 @@ def streams_leased(*, now: datetime) -> "QuerySet[Stream, Any]":
 
 def pending_counts(*, max_attempts: int) -> tuple[int, int]:
     """Return (still pending, of which stuck at or past ``max_attempts``)."""
-    pending = Event.objects.filter(published_at__isnull=True)
-    return pending.count(), pending.filter(publish_attempts__gte=max_attempts).count()
+    return PendingEvent.objects.count(), PendingEvent.objects.filter(publish_attempts__gte=max_attempts).count()
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,49 +114,79 @@ class Claimed:
     publish_attempts: int
 
 
-_CLAIMED_FIELDS = [f.name for f in dataclasses.fields(Claimed)]
+# Claimed's fields in its order, from the outbox row and the event it names.
+_CLAIMED_FIELDS = (
+    "event_id",
+    "user_id",
+    "seq",
+    "event__event",
+    "event__run_id",
+    "event__agent",
+    "created_at",
+    "event__data",
+    "publish_attempts",
+)
 
 
 def events_claim(
     *, batch_size: int, min_age_seconds: float, backoff: bool = True, exclude: Collection[uuid.UUID] = ()
 ) -> list[Claimed]:
-    """Lease up to ``batch_size`` eligible events; return them in (user, seq) order.
+    """Lease up to ``batch_size`` eligible events, the oldest first; return them in (user, seq) order.
 
-    Users are claimed whole: a user whose events another drainer holds is
-    skipped, so one user's events never go out from two drainers at once and
-    stay in seq order on the wire. Users with the oldest events go first.
+    One ordered walk of the outbox's (created_at, user, seq) index reads the
+    batch with its events' data. Then the users' stream rows are locked,
+    skipping those another drainer is claiming, and leased: one user's events
+    never go out from two drainers at once, so they stay in seq order on the
+    wire. Rows that left the outbox while they were being locked (another
+    drainer sent them meanwhile) are dropped, so nothing is sent twice.
     """
     now = timezone.now()
     with transaction.atomic():
         eligible = pending_eligible(min_age_seconds=min_age_seconds, backoff=backoff, exclude=exclude)
-        oldest_first = eligible.order_by("created_at", "user_id", "seq").values_list("user_id", flat=True)
-        users = list(dict.fromkeys(oldest_first[:batch_size]))
+        oldest = [
+            Claimed(*row)
+            for row in eligible.order_by("created_at", "user_id", "seq").values_list(*_CLAIMED_FIELDS)[:batch_size]
+        ]
         # Lock the users' stream rows; another drainer claiming now skips them.
-        locked = list(
+        locked = set(
             Stream.objects.select_for_update(skip_locked=True)
-            .filter(user_id__in=users)
+            .filter(user_id__in=sorted({event.user_id for event in oldest}))
             .exclude(drain_leased_until__gte=now)
             .values_list("user_id", flat=True)
         )
-        rows = eligible.filter(user_id__in=locked).order_by("user_id", "seq").values_list(*_CLAIMED_FIELDS)
-        claimed = [Claimed(*row) for row in rows[:batch_size]]
+        mine = [event for event in oldest if event.user_id in locked]
+        still = _still_pending([event.id for event in mine])
+        claimed = sorted((event for event in mine if event.id in still), key=lambda event: (event.user_id, event.seq))
         if claimed:
             leased = sorted({event.user_id for event in claimed})
             Stream.objects.filter(user_id__in=leased).update(drain_leased_until=now + timedelta(seconds=LEASE_SECONDS))
     return claimed
 
 
+def _still_pending(ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these events are still in the outbox (on PostgreSQL, the ids as one server-bound array)."""
+    if not ids:
+        return set()
+    if connection.vendor != "postgresql":
+        return set(PendingEvent.objects.filter(pk__in=ids).values_list("pk", flat=True))
+    table = connection.ops.quote_name(PendingEvent._meta.db_table)
+    connection.ensure_connection()
+    with connection.connection.cursor() as cursor:
+        cursor.execute(f"SELECT event_id FROM {table} WHERE event_id = ANY(%s::uuid[])", [ids])  # noqa: S608
+        return {row[0] for row in cursor.fetchall()}
+
+
 def events_record(*, users: list[int], sent: list[uuid.UUID], failed: dict[uuid.UUID, tuple[int, str]]) -> None:
     """Record a batch's outcome and end its users' lease; ``failed`` maps an event to (attempts so far, reason)."""
     now = timezone.now()
     with transaction.atomic():
-        _events_mark_sent(sent, now=now)
+        _events_mark_sent(sent)
         # One statement per (attempts, reason): a whole batch that failed together is one.
         alike: dict[tuple[int, str], list[uuid.UUID]] = {}
         for pk, outcome in failed.items():
             alike.setdefault(outcome, []).append(pk)
         for (attempts, reason), pks in alike.items():
-            Event.objects.filter(pk__in=pks).update(
+            PendingEvent.objects.filter(pk__in=pks).update(
                 publish_attempts=F("publish_attempts") + 1,
                 last_error=reason,
                 next_attempt_at=now + timedelta(seconds=publish_backoff_seconds(attempts + 1)),
@@ -162,24 +194,21 @@ def events_record(*, users: list[int], sent: list[uuid.UUID], failed: dict[uuid.
         Stream.objects.filter(user_id__in=users).update(drain_leased_until=None)
 
 
-def _events_mark_sent(ids: list[uuid.UUID], *, now: datetime) -> None:
-    """Mark events published.
+def _events_mark_sent(ids: list[uuid.UUID]) -> None:
+    """Mark events published: their rows leave the outbox.
 
     On PostgreSQL the ids go as one array bound by the server: a thousand
     quoted one by one into the ORM's ``IN (...)`` cost more of the drainer's
-    time than the update itself.
+    time than the delete itself.
     """
     if connection.vendor != "postgresql":
-        Event.objects.filter(pk__in=ids).update(published_at=now, next_attempt_at=None)
+        PendingEvent.objects.filter(pk__in=ids).delete()
         return
-    table = connection.ops.quote_name(Event._meta.db_table)
+    table = connection.ops.quote_name(PendingEvent._meta.db_table)
     connection.ensure_connection()
     # psycopg's own cursor (server-side binding) on the connection of this transaction.
     with connection.connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET published_at = %s, next_attempt_at = NULL WHERE id = ANY(%s::uuid[])",  # noqa: S608
-            [now, ids],
-        )
+        cursor.execute(f"DELETE FROM {table} WHERE event_id = ANY(%s::uuid[])", [ids])  # noqa: S608
 
 
 async def adrain_batch(
@@ -254,12 +283,13 @@ REQUEUE_CHUNK = 1000
 def events_requeue(*, events: "QuerySet[Event]", limit: int) -> RequeueResult:
     """Put up to ``limit`` events back in the queue for ``drain_events``, in short transactions.
 
-    Published events are sent again (connections and clients drop what they
-    already have, by seq); stuck ones start over with no backoff. Events a
-    drainer holds right now are left alone: it records their outcome itself,
-    and a reset under it would be overwritten.
+    Published events go back into the outbox and are sent again
+    (connections and clients drop what they already have, by seq); stuck
+    ones start over with no backoff. Pending events a drainer holds right
+    now are left alone: it records their outcome itself, and a reset under
+    it would be overwritten.
     """
-    leased = Q(published_at__isnull=True, user_id__in=streams_leased(now=timezone.now()))
+    leased = Q(pending__isnull=False, user_id__in=streams_leased(now=timezone.now()))
     # Counted first: what this re-queues for a leased user is pending afterwards, for the next claim.
     held = events.filter(leased).count()
     ids = list(events.exclude(leased).order_by().values_list("pk", flat=True)[: limit + 1])
@@ -268,9 +298,16 @@ def events_requeue(*, events: "QuerySet[Event]", limit: int) -> RequeueResult:
     requeued = 0
     for start in range(0, len(ids), REQUEUE_CHUNK):
         chunk = ids[start : start + REQUEUE_CHUNK]
-        requeued += (
-            Event.objects.filter(pk__in=chunk)
-            .exclude(leased)
-            .update(published_at=None, publish_attempts=0, next_attempt_at=None, last_error="")
-        )
+        with transaction.atomic():
+            unleased = PendingEvent.objects.filter(pk__in=chunk).exclude(user_id__in=streams_leased(now=timezone.now()))
+            requeued += unleased.update(publish_attempts=0, next_attempt_at=None, last_error="")
+            published = Event.objects.filter(pk__in=chunk, pending__isnull=True).values_list(
+                "pk", "user_id", "seq", "created_at"
+            )
+            back = [
+                PendingEvent(event_id=pk, user_id=user_id, seq=seq, created_at=created_at)
+                for pk, user_id, seq, created_at in published
+            ]
+            # A row the event's own publish or a drainer wrote meanwhile is left as it is.
+            requeued += len(PendingEvent.objects.bulk_create(back, ignore_conflicts=True))
     return RequeueResult(requeued=requeued, leased=held, over_limit=over_limit)

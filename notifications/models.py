@@ -51,7 +51,7 @@ class Stream(models.Model):
 
 
 class Event(models.Model):
-    """One lifecycle event of one user's agent run; ``published_at`` null means pending."""
+    """One lifecycle event of one user's agent run. Append-only: publishing it touches only ``PendingEvent``."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="events")
@@ -61,11 +61,6 @@ class Event(models.Model):
     agent = models.CharField(max_length=100)
     data = models.JSONField(default=dict)
     created_at = models.DateTimeField()
-    published_at = models.DateTimeField(null=True, blank=True)
-    publish_attempts = models.PositiveIntegerField(default=0)
-    # After a failed publish, the drainer leaves the event alone until then.
-    next_attempt_at = models.DateTimeField(null=True, blank=True)
-    last_error = models.TextField(blank=True, default="")
 
     class Meta:
         constraints = [
@@ -73,11 +68,6 @@ class Event(models.Model):
             models.UniqueConstraint(fields=["user", "seq"], name="event_user_seq_unique"),
         ]
         indexes = [
-            models.Index(
-                fields=["created_at"],
-                condition=Q(published_at__isnull=True),
-                name="event_pending_idx",
-            ),
             models.Index(fields=["run_id", "seq"], name="event_run_seq_idx"),
             # The admin: newest first, by date, and by agent.
             models.Index(fields=["created_at"], name="event_created_idx"),
@@ -88,3 +78,43 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} #{self.seq} for user {self.user_id}"
+
+    @property
+    def outbox(self) -> "PendingEvent | None":
+        """Its row in the outbox, or None once it is published (a query, unless selected with the event)."""
+        pending: PendingEvent | None = getattr(self, "pending", None)  # The reverse accessor raises AttributeError.
+        return pending
+
+
+class PendingEvent(models.Model):
+    """The outbox: an event not yet published. Written with the event, deleted once it is sent.
+
+    The event's row is never updated for its publish: a mark on the event
+    itself would be a new version of it in every index of the log (bench/RESULTS.md).
+    ``user``, ``seq`` and ``created_at`` are the event's, here so that the
+    drainer picks and orders its work from this narrow table alone.
+    """
+
+    # The database refuses to delete an event still in the outbox; deleting published ones (retention)
+    # stays one statement, with no look for outbox rows to cascade to.
+    event = models.OneToOneField(Event, primary_key=True, on_delete=models.DO_NOTHING, related_name="pending")
+    # Deleting a user deletes their outbox rows with their events. No constraint or index of its own:
+    # each is one more write per event, and the rows are deleted with the user's events.
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, db_constraint=False, db_index=False, related_name="+"
+    )
+    seq = models.PositiveBigIntegerField()
+    created_at = models.DateTimeField()
+    publish_attempts = models.PositiveIntegerField(default=0)
+    # After a failed publish, the drainer leaves the event alone until then.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        indexes = [
+            # The drainer walks it for the oldest first, in the order it sends; /healthz reports the oldest.
+            models.Index(fields=["created_at", "user", "seq"], name="pending_created_user_seq_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"pending #{self.seq} for user {self.user_id}"

@@ -51,7 +51,7 @@ from psycopg.pq import TransactionStatus
 from config.postgresql.base import outage
 
 from .groupcommit import BATCHES_IN_FLIGHT, EventFields
-from .models import Event, Stream
+from .models import Event, PendingEvent, Stream
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +64,13 @@ NO_STATEMENT_TIMEOUT_BOUND_SECONDS = 60.0
 _EVENTS = Event._meta.db_table
 _EVENTS_PK = f"{_EVENTS}_pkey"
 _STREAMS = Stream._meta.db_table
+_PENDING = PendingEvent._meta.db_table
 
 # ``locked`` takes the users' stream rows in user order (so batches sharing users queue instead of
 # deadlocking) before ``advanced`` touches any: it updates only rows it finds there. Each row's seq is
 # its user's old end + its place among that user's rows in the batch (``k``, 1-based, in the order
 # they were asked for); a user with no stream row gets NULL, which the NOT NULL ``seq`` refuses.
+# Every row goes into the outbox with it, in the same statement.
 _INSERT = f"""
 WITH locked AS MATERIALIZED (
     SELECT user_id FROM "{_STREAMS}" WHERE user_id = ANY(%(users)s::bigint[]) ORDER BY user_id FOR UPDATE
@@ -77,25 +79,29 @@ WITH locked AS MATERIALIZED (
     FROM unnest(%(users)s::bigint[], %(counts)s::bigint[]) AS c(user_id, n)
     WHERE s.user_id = c.user_id AND s.user_id IN (SELECT user_id FROM locked)
     RETURNING s.user_id, s.last_seq - c.n AS base
+), inserted AS (
+    INSERT INTO "{_EVENTS}" (id, user_id, seq, event, run_id, agent, data, created_at)
+    SELECT e.id, e.user_id, a.base + e.k, e.event, e.run_id, e.agent, e.data::jsonb, %(now)s
+    FROM unnest(
+        %(ids)s::uuid[], %(user_ids)s::bigint[], %(ks)s::bigint[], %(events)s::text[], %(run_ids)s::uuid[],
+        %(agents)s::text[], %(datas)s::text[]
+    ) AS e(id, user_id, k, event, run_id, agent, data)
+    LEFT JOIN advanced AS a ON a.user_id = e.user_id
+    RETURNING id, user_id, seq, created_at
 )
-INSERT INTO "{_EVENTS}" (id, user_id, seq, event, run_id, agent, data, created_at, publish_attempts, last_error)
-SELECT e.id, e.user_id, a.base + e.k, e.event, e.run_id, e.agent, e.data::jsonb, %(now)s, 0, ''
-FROM unnest(
-    %(ids)s::uuid[], %(user_ids)s::bigint[], %(ks)s::bigint[], %(events)s::text[], %(run_ids)s::uuid[],
-    %(agents)s::text[], %(datas)s::text[]
-) AS e(id, user_id, k, event, run_id, agent, data)
-LEFT JOIN advanced AS a ON a.user_id = e.user_id
-RETURNING id, seq
+INSERT INTO "{_PENDING}" (event_id, user_id, seq, created_at, publish_attempts, last_error)
+SELECT id, user_id, seq, created_at, 0, '' FROM inserted
+RETURNING event_id, seq
 """  # noqa: S608
 _WRITTEN = f'SELECT id, seq FROM "{_EVENTS}" WHERE id = ANY(%s::uuid[])'  # noqa: S608
 _STREAMS_MAKE = (
     f'INSERT INTO "{_STREAMS}" (user_id, last_seq, acked_seq, pruned_seq) '
     "SELECT unnest(%s::bigint[]), 0, 0, 0 ON CONFLICT (user_id) DO NOTHING"
 )
-_MARK_PUBLISHED = f'UPDATE "{_EVENTS}" SET published_at = %s WHERE id = ANY(%s::uuid[]) AND published_at IS NULL'  # noqa: S608
+_MARK_PUBLISHED = f'DELETE FROM "{_PENDING}" WHERE event_id = ANY(%s::uuid[])'  # noqa: S608
 _MARK_FAILED = (
-    f'UPDATE "{_EVENTS}" SET publish_attempts = publish_attempts + 1, last_error = %s, '  # noqa: S608
-    "next_attempt_at = %s WHERE id = ANY(%s::uuid[]) AND published_at IS NULL"
+    f'UPDATE "{_PENDING}" SET publish_attempts = publish_attempts + 1, last_error = %s, '  # noqa: S608
+    "next_attempt_at = %s WHERE event_id = ANY(%s::uuid[])"
 )
 
 
@@ -153,9 +159,9 @@ async def aevents_insert(batch: Sequence[EventFields], *, now: datetime) -> list
     ]
 
 
-async def aevents_mark_published(*, event_ids: Sequence[uuid.UUID], now: datetime) -> None:
-    """Mark sent events published (those not already), in one round trip."""
-    await _aexecute_idempotent(_MARK_PUBLISHED, [now, list(event_ids)])
+async def aevents_mark_published(*, event_ids: Sequence[uuid.UUID]) -> None:
+    """Mark sent events published, in one round trip: their rows leave the outbox."""
+    await _aexecute_idempotent(_MARK_PUBLISHED, [list(event_ids)])
 
 
 async def aevents_mark_failed(*, event_ids: Sequence[uuid.UUID], reason: str, next_attempt_at: datetime) -> None:

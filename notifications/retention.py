@@ -15,8 +15,8 @@ from .models import Event, Stream
 
 
 def events_prunable(*, cutoff: datetime) -> "models.QuerySet[Event]":
-    """Published events created before ``cutoff``."""
-    return Event.objects.filter(published_at__isnull=False, created_at__lt=cutoff)
+    """Published events (out of the outbox) created before ``cutoff``."""
+    return Event.objects.filter(pending__isnull=True, created_at__lt=cutoff)
 
 
 def events_prune_batch(*, cutoff: datetime, batch_size: int) -> int:

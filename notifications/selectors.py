@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.models import Count, Min, Model
 
-from .models import Event, Stream
+from .models import Event, PendingEvent, Stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +78,7 @@ def streams_positions(*, user_ids: Collection[int]) -> dict[int, tuple[int, int]
 
 def events_pending_summary() -> tuple[int, datetime | None]:
     """Count pending events and return the creation time of the oldest one."""
-    summary = Event.objects.filter(published_at__isnull=True).aggregate(count=Count("pk"), oldest=Min("created_at"))
+    summary = PendingEvent.objects.aggregate(count=Count("pk"), oldest=Min("created_at"))
     return int(summary["count"]), summary["oldest"]
 
 

@@ -31,7 +31,7 @@ from .frames import LayerEventMessage, LoggedEvent, event_frame_text
 from .groupcommit import EventFields, group_writer
 from .jsonlimits import json_encoded_size
 from .layers import pubsub_publish_many
-from .models import Event, EventType, Stream
+from .models import Event, EventType, PendingEvent, Stream
 
 logger = logging.getLogger(__name__)
 
@@ -137,19 +137,19 @@ async def aevents_record_if(
 
 
 def event_publish(*, event: Event) -> bool:
-    """Publish one logged event; return whether the layer accepted it."""
+    """Publish one newly logged event; return whether the layer accepted it."""
     return bool(async_to_sync(aevent_publish)(event=event))
 
 
 async def aevent_publish(*, event: Event) -> bool:
-    """Publish one logged event to its user's group and mark it published.
+    """Publish one newly logged event to its user's group and mark it published.
 
-    Any failure of the layer is logged and recorded on the event, which stays
-    pending; it is never raised to the caller.
+    Any failure of the layer is logged and recorded as the event's first
+    failed attempt, and it stays pending; it is never raised to the caller.
     """
     reason = await aevent_send(event=event)
     if reason is not None:
-        await _amark(_events_mark_failed, event_ids=[event.id], attempts=event.publish_attempts + 1, reason=reason)
+        await _amark(_events_mark_failed, event_ids=[event.id], attempts=1, reason=reason)
         return False
     await _amark_published(event_id=event.id)
     return True
@@ -357,7 +357,12 @@ def _events_insert(batch: list[EventFields]) -> list[Event]:
                 )
             )
         Event.objects.bulk_create(rows)
+        PendingEvent.objects.bulk_create(_outbox_rows(rows))
     return rows
+
+
+def _outbox_rows(rows: Sequence[Event]) -> list[PendingEvent]:
+    return [PendingEvent(event=row, user_id=row.user_id, seq=row.seq, created_at=row.created_at) for row in rows]
 
 
 async def _aevents_publish(rows: list[Event]) -> str | None:
@@ -371,7 +376,7 @@ async def _aevents_record_outcome(rows: list[Event], reason: str | None) -> None
     on_postgresql = connection.vendor == "postgresql"
     if reason is None:
         if on_postgresql:
-            await _amark(pgwrite.aevents_mark_published, event_ids=ids, now=timezone.now())
+            await _amark(pgwrite.aevents_mark_published, event_ids=ids)
         else:
             await _amark(_events_mark_published, event_ids=ids)
     elif on_postgresql:
@@ -385,7 +390,7 @@ def _event_write(*, user_id: int, event: str, run_id: uuid.UUID | str, agent: st
     run_uuid = _event_validate(event=event, run_id=run_id, agent=agent, data=data)
     with transaction.atomic():
         seq = _stream_next_seq(user_id=user_id)
-        return Event.objects.create(
+        record = Event.objects.create(
             user_id=user_id,
             seq=seq,
             event=event,
@@ -394,6 +399,8 @@ def _event_write(*, user_id: int, event: str, run_id: uuid.UUID | str, agent: st
             data=data,
             created_at=timezone.now(),
         )
+        PendingEvent.objects.bulk_create(_outbox_rows([record]))
+    return record
 
 
 def _stream_next_seq(*, user_id: int) -> int:
@@ -441,7 +448,7 @@ def _stream_table() -> str:
 
 
 def _events_mark_published(*, event_ids: list[uuid.UUID]) -> None:
-    Event.objects.filter(pk__in=event_ids, published_at__isnull=True).update(published_at=timezone.now())
+    PendingEvent.objects.filter(pk__in=event_ids).delete()
 
 
 @dataclass
@@ -484,7 +491,7 @@ def _events_mark_failed(*, event_ids: list[uuid.UUID], attempts: int, reason: st
 
     ``attempts`` is the count after this failure, the same for every event given.
     """
-    Event.objects.filter(pk__in=event_ids, published_at__isnull=True).update(
+    PendingEvent.objects.filter(pk__in=event_ids).update(
         publish_attempts=F("publish_attempts") + 1,
         last_error=reason,
         next_attempt_at=timezone.now() + timedelta(seconds=publish_backoff_seconds(attempts)),

@@ -252,9 +252,10 @@ def test_the_services_commands_run_as_written_on_the_host(
     run("manage", "demo_setup")  # (the README's one-off command)
     pending = (
         "from datetime import timedelta; from django.utils import timezone; "
-        "from notifications.models import Event; from notifications.services import event_record; "
+        "from notifications.models import PendingEvent; from notifications.services import event_record; "
         "import uuid; e = event_record(user_id=1, event='agent_started', run_id=uuid.uuid4(), agent='demo', data={}); "
-        "Event.objects.filter(pk=e.pk).update(published_at=None, created_at=timezone.now() - timedelta(minutes=1))"
+        "PendingEvent.objects.update_or_create(event=e, defaults=dict(user_id=e.user_id, seq=e.seq, "
+        "created_at=timezone.now() - timedelta(minutes=1)))"
     )
     subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", pending], cwd=ROOT, env=env_of("drainer"), check=True, timeout=60

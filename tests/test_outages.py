@@ -88,7 +88,7 @@ class Stack:
         return status, error
 
     def pending(self) -> int:
-        [(count,)] = self.query("SELECT count(*) FROM notifications_event WHERE published_at IS NULL")
+        [(count,)] = self.query("SELECT count(*) FROM notifications_pendingevent")
         return int(count)
 
     async def start_run(self, input: dict[str, Any]) -> str:

@@ -45,8 +45,9 @@ def logged(database_url: str, username: str) -> list[tuple[int, str, str, bool]]
     """A user's log: (seq, event, run_id, published) in seq order."""
     with psycopg.connect(database_url) as conn:
         rows = conn.execute(
-            "SELECT e.seq, e.event, e.run_id::text, e.published_at IS NOT NULL FROM notifications_event e "
-            "JOIN auth_user u ON u.id = e.user_id WHERE u.username = %s ORDER BY e.seq",
+            "SELECT e.seq, e.event, e.run_id::text, p.event_id IS NULL FROM notifications_event e "
+            "JOIN auth_user u ON u.id = e.user_id LEFT JOIN notifications_pendingevent p ON p.event_id = e.id "
+            "WHERE u.username = %s ORDER BY e.seq",
             [username],
         ).fetchall()
     return [(int(seq), event, run_id, published) for seq, event, run_id, published in rows]

@@ -14,24 +14,34 @@ from django.utils import timezone
 
 from notifications.admin import COUNT_LIMIT
 from notifications.drain import pending_eligible
-from notifications.models import Event, Stream
+from notifications.models import Event, PendingEvent, Stream
 
 EVENTS_URL = "/admin/notifications/event/"
 
 
-def make_event(user: Any, seq: int, **fields: Any) -> Event:
-    """A log row as the pipeline leaves it; fields override the defaults."""
+OUTBOX_FIELDS = ("publish_attempts", "next_attempt_at", "last_error")
+
+
+def make_event(user: Any, seq: int, *, pending: bool = False, **fields: Any) -> Event:
+    """A log row as the pipeline leaves it, published unless ``pending``; fields override the defaults.
+
+    The outbox's own fields (``OUTBOX_FIELDS``) go to its row, for a pending event.
+    """
+    outbox = {name: fields.pop(name) for name in OUTBOX_FIELDS if name in fields}
+    assert pending or not outbox, "only a pending event has outbox fields"
     values: dict[str, Any] = {
         "event": "agent_thinking",
         "run_id": uuid.uuid4(),
         "agent": "demo",
         "data": {"thought": "…", "step": 1},
         "created_at": timezone.now(),
-        "published_at": timezone.now(),
         **fields,
     }
     Stream.objects.update_or_create(user=user, defaults={"last_seq": seq})
-    return Event.objects.create(user=user, seq=seq, **values)
+    event = Event.objects.create(user=user, seq=seq, **values)
+    if pending:
+        PendingEvent.objects.create(event=event, user=user, seq=seq, created_at=event.created_at, **outbox)
+    return event
 
 
 def listed(client: Client, **params: Any) -> list[int]:
@@ -84,8 +94,8 @@ def test_filters_by_event_agent_publish_state_and_date(staff_client: Client, ali
     now = timezone.now()
     make_event(alice, 1, event="agent_started", agent="demo")
     make_event(alice, 2, event="agent_thinking", agent="calculator", created_at=now - timedelta(days=40))
-    make_event(alice, 3, agent="calculator", published_at=None, publish_attempts=1, last_error="ConnectionError")
-    make_event(alice, 4, agent="planner", published_at=None, publish_attempts=3, last_error="TimeoutError: slow")
+    make_event(alice, 3, agent="calculator", pending=True, publish_attempts=1, last_error="ConnectionError")
+    make_event(alice, 4, agent="planner", pending=True, publish_attempts=3, last_error="TimeoutError: slow")
 
     assert listed(staff_client, event__exact="agent_started") == [1]
     assert listed(staff_client, agent="calculator") == [2, 3]
@@ -111,7 +121,7 @@ def test_requeue_leaves_events_a_drainer_holds_and_stops_at_the_limit(
 ) -> None:
     monkeypatch.setattr("notifications.admin.COUNT_LIMIT", 2)
     old = timezone.now() - timedelta(minutes=5)
-    held = make_event(alice, 1, created_at=old, published_at=None)
+    held = make_event(alice, 1, created_at=old, pending=True)
     for seq in (2, 3, 4):
         make_event(alice, seq, created_at=old)
     # A drainer holds alice's pending events (her one pending event) right now.
@@ -124,9 +134,8 @@ def test_requeue_leaves_events_a_drainer_holds_and_stops_at_the_limit(
     assert "Re-queued 2 event(s)" in page
     assert "1 event(s) are being sent by a drainer right now" in page
     assert "Only the first 2 were re-queued" in page
-    assert Event.objects.filter(published_at__isnull=True).count() == 3  # the held one and two re-queued
-    held.refresh_from_db()
-    assert held.published_at is None and held.publish_attempts == 0
+    assert Event.objects.filter(pending__isnull=False).count() == 3  # the held one and two re-queued
+    assert PendingEvent.objects.get(pk=held.pk).publish_attempts == 0
     assert Stream.objects.get(user=alice).drain_leased_until is not None
 
 
@@ -140,7 +149,7 @@ def test_requeue_puts_published_and_stuck_events_back_for_the_drainer(
         alice,
         2,
         created_at=old,
-        published_at=None,
+        pending=True,
         publish_attempts=7,
         next_attempt_at=timezone.now() + timedelta(minutes=5),
         last_error="ConnectionError",
@@ -152,10 +161,10 @@ def test_requeue_puts_published_and_stuck_events_back_for_the_drainer(
     assert "Re-queued 2 event(s)" in response.content.decode()
     eligible = set(pending_eligible(min_age_seconds=1).values_list("seq", flat=True))
     assert eligible == {1, 2}
-    stuck.refresh_from_db()
-    assert (stuck.publish_attempts, stuck.next_attempt_at, stuck.last_error) == (0, None, "")
-    untouched.refresh_from_db()
-    assert untouched.published_at is not None
+    outbox = PendingEvent.objects.get(pk=stuck.pk)
+    assert (outbox.publish_attempts, outbox.next_attempt_at, outbox.last_error) == (0, None, "")
+    assert PendingEvent.objects.get(pk=published.pk).publish_attempts == 0
+    assert untouched.outbox is None
 
 
 def test_staff_without_change_permission_cannot_requeue(django_user_model: Any, alice: Any) -> None:
@@ -167,8 +176,7 @@ def test_staff_without_change_permission_cannot_requeue(django_user_model: Any, 
     page = client.get(EVENTS_URL)
     assert page.status_code == 200 and "requeue" not in page.content.decode()
     client.post(EVENTS_URL, {"action": "requeue", "_selected_action": [str(event.pk)]})
-    event.refresh_from_db()
-    assert event.published_at is not None
+    assert not PendingEvent.objects.exists()
 
 
 def test_the_list_costs_the_same_queries_for_any_size_and_never_counts_the_whole_table(

@@ -206,7 +206,6 @@ def _bulk_events(user_id: int, *, count: int) -> None:
             agent="demo",
             data={"step": i},
             created_at=timezone.now(),
-            published_at=timezone.now(),
         )
         for i in range(1, count + 1)
     )
@@ -247,7 +246,7 @@ async def test_event_whose_publish_failed_arrives_with_the_next_heartbeat(
         # message is lost, as on a Redis outage, and only the log has it.
         channel_layers("pubsub", redis_url=f"redis://127.0.0.1:{free_port()}/0", prefix="nowhere")
         await emit(alice.pk, 2)
-        assert await Event.objects.filter(published_at__isnull=True).acount() == 2
+        assert await Event.objects.filter(pending__isnull=False).acount() == 2
         events = await client.events(3)
         assert_in_order(events, 1, 3)
         assert await client.quiet() == []

@@ -29,7 +29,7 @@ from redis import asyncio as aioredis
 
 from agents.models import AgentRun, RunStatus
 from notifications.drain import adrain_batch, events_claim, pending_counts
-from notifications.models import Event, Stream
+from notifications.models import Event, PendingEvent, Stream
 from notifications.services import aevent_record, user_group_name
 from tests.conftest import SESSION_PREFIX, ChannelLayers, test_database_url
 from tests.scrape import scrape, value
@@ -61,6 +61,8 @@ def pending_events(user_ids: list[int], per_user: int) -> int:
             for seq in range(1, per_user + 1)
         ]
     Event.objects.bulk_create(rows, batch_size=2000)
+    outbox = [PendingEvent(event=row, user_id=row.user_id, seq=row.seq, created_at=row.created_at) for row in rows]
+    PendingEvent.objects.bulk_create(outbox, batch_size=2000)
     return len(rows)
 
 
@@ -166,7 +168,7 @@ async def subscriber(redis_url: str) -> AsyncIterator[Subscriber]:
 
 
 def published_pairs() -> set[tuple[int, int]]:
-    return set(Event.objects.filter(published_at__isnull=False).values_list("user_id", "seq"))
+    return set(Event.objects.filter(pending__isnull=True).values_list("user_id", "seq"))
 
 
 async def test_events_pending_while_redis_was_down_reach_the_client_after_a_drain(
@@ -187,7 +189,7 @@ async def test_events_pending_while_redis_was_down_reach_the_client_after_a_drai
             await aevent_record(
                 user_id=alice.pk, event="agent_thinking", run_id=run_id, agent="demo", data={"step": step}
             )
-        assert await Event.objects.filter(published_at__isnull=True).acount() == 20
+        assert await Event.objects.filter(pending__isnull=False).acount() == 20
         await sync_to_async(redis.start)()
         await _wait_until_subscribed(redis.url, f"{SESSION_PREFIX}__group__{user_group_name(alice.pk)}")
 
@@ -232,7 +234,7 @@ async def test_sigterm_mid_drain_exits_0_in_bound_and_marks_only_what_was_sent(
     for seqs in subscriber.order.values():
         assert seqs == sorted(seqs)
     assert await Event.objects.acount() == total  # Nothing lost: the rest is still pending.
-    assert await Event.objects.filter(published_at__isnull=True).acount() == total - len(published)
+    assert await Event.objects.filter(pending__isnull=False).acount() == total - len(published)
 
 
 @asynccontextmanager
@@ -265,7 +267,7 @@ async def test_second_signal_exits_at_once_and_leaves_the_batch_pending(
     assert time.monotonic() - started < EXIT_BOUND_SECONDS
     assert code == 130
     assert "Second SIGTERM: exiting now" in stderr
-    assert await Event.objects.filter(published_at__isnull=True).acount() == 50
+    assert await Event.objects.filter(pending__isnull=False).acount() == 50
 
 
 async def test_shutdown_over_its_bound_exits_nonzero_and_loses_nothing(
@@ -280,7 +282,7 @@ async def test_shutdown_over_its_bound_exits_nonzero_and_loses_nothing(
     assert time.monotonic() - started < 1.5
     assert code == 130
     assert "Shutdown took too long" in stderr
-    assert await Event.objects.filter(published_at__isnull=True).acount() == 50
+    assert await Event.objects.filter(pending__isnull=False).acount() == 50
 
 
 async def test_two_drainers_publish_each_event_exactly_once(
@@ -296,7 +298,7 @@ async def test_two_drainers_publish_each_event_exactly_once(
     assert set(subscriber.seen.values()) == {1}  # Each event sent exactly once between them.
     for seqs in subscriber.order.values():  # Each user's in seq order on the wire, even split between drainers.
         assert seqs == sorted(seqs)
-    assert await Event.objects.filter(published_at__isnull=True).acount() == 0
+    assert await Event.objects.filter(pending__isnull=False).acount() == 0
 
 
 async def test_once_exits_1_when_redis_is_unreachable(drainers: Callable[..., Drainer], alice: Any) -> None:
@@ -337,13 +339,13 @@ async def test_failed_publishes_back_off_and_stuck_ones_are_still_retried(
     for attempt in range(1, 5):
         result = await adrain_batch(batch_size=10, min_age_seconds=0)
         assert (result.published, result.failed) == (0, 1)
-        event = await Event.objects.aget()
+        event = await PendingEvent.objects.aget()
         assert event.publish_attempts == attempt and "ConnectionError" in event.last_error
         assert event.next_attempt_at is not None
         assert await Stream.objects.filter(drain_leased_until__isnull=False).acount() == 0
         waits.append(round((event.next_attempt_at - timezone.now()).total_seconds()))
         assert (await adrain_batch(batch_size=10, min_age_seconds=0)).claimed == 0  # Backing off.
-        await Event.objects.aupdate(next_attempt_at=timezone.now())
+        await PendingEvent.objects.aupdate(next_attempt_at=timezone.now())
     assert waits == [10, 20, 25, 25]  # Doubling, capped.
     # Past the attempt limit it is reported as stuck, kept, and still tried.
     assert await sync_to_async(pending_counts)(max_attempts=3) == (1, 1)
@@ -353,9 +355,10 @@ async def test_failed_publishes_back_off_and_stuck_ones_are_still_retried(
 async def test_min_age_leaves_fresh_events_to_the_on_commit_publisher(redis_layer: Any, alice: Any) -> None:
     await sync_to_async(pending_events)([alice.pk], 2)
     await Event.objects.filter(seq=2).aupdate(created_at=timezone.now())
+    await PendingEvent.objects.filter(seq=2).aupdate(created_at=timezone.now())
     result = await adrain_batch(batch_size=10, min_age_seconds=30)
     assert result.published == 1
-    assert [e.seq async for e in Event.objects.filter(published_at__isnull=True)] == [2]
+    assert [e.seq async for e in Event.objects.filter(pending__isnull=False)] == [2]
 
 
 async def test_sigterm_while_redis_hangs_stops_sending_and_exits_0(
@@ -415,7 +418,33 @@ async def test_users_locked_by_another_drainer_are_skipped(
     finally:
         release.set()
         await asyncio.to_thread(holder.join, 20)
-    assert not await Event.objects.filter(user=bob, published_at__isnull=True).aexists()
+    assert not await Event.objects.filter(user=bob, pending__isnull=False).aexists()
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="another connection writing mid-claim: SQLite's claim holds the lock"
+)
+def test_events_another_drainer_sent_while_the_claim_locked_its_users_are_not_claimed(
+    transactional_db: None, alice: Any, bob: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg
+
+    from notifications import drain
+
+    pending_events([alice.pk, bob.pk], 3)
+    still_pending = drain._still_pending
+
+    def bobs_sent_meanwhile(ids: list[uuid.UUID]) -> set[uuid.UUID]:
+        # Between this claim's read of the outbox and its check: another drainer sent and recorded bob's events.
+        with psycopg.connect(test_database_url(), autocommit=True) as other:
+            other.execute("DELETE FROM notifications_pendingevent WHERE user_id = %s", [bob.pk])
+        return still_pending(ids)
+
+    monkeypatch.setattr(drain, "_still_pending", bobs_sent_meanwhile)
+    claimed = events_claim(batch_size=10, min_age_seconds=0)
+    assert [(event.user_id, event.seq) for event in claimed] == [(alice.pk, seq) for seq in (1, 2, 3)]
+    leased = dict(Stream.objects.values_list("user_id", "drain_leased_until"))
+    assert leased[alice.pk] is not None and leased[bob.pk] is None
 
 
 async def test_a_lease_of_a_drainer_that_died_holds_its_users_until_it_ends(
@@ -429,11 +458,11 @@ async def test_a_lease_of_a_drainer_that_died_holds_its_users_until_it_ends(
     assert leased[alice.pk] is not None and leased[bob.pk] is None  # Claimed whole, per user.
     result = await adrain_batch(batch_size=10, min_age_seconds=0)
     assert result.published == 3  # Bob's; alice's are held by the lease.
-    assert await Event.objects.filter(user=alice, published_at__isnull=True).acount() == 3
+    assert await Event.objects.filter(user=alice, pending__isnull=False).acount() == 3
     # The lease ends (as LEASE_SECONDS after the claim): the next drainer takes them.
     await Stream.objects.filter(user=alice).aupdate(drain_leased_until=timezone.now() - timedelta(seconds=1))
     assert (await adrain_batch(batch_size=10, min_age_seconds=0)).published == 3
-    assert await Event.objects.filter(published_at__isnull=True).acount() == 0
+    assert await Event.objects.filter(pending__isnull=False).acount() == 0
     assert await Stream.objects.filter(drain_leased_until__isnull=False).acount() == 0
 
 
@@ -454,7 +483,7 @@ async def test_drain_reaps_lost_runs(redis_url: str, drainers: Callable[..., Dra
     await run.arefresh_from_db()
     assert run.status == RunStatus.FAILED
     assert run.error == {"kind": "lost", "message": "The process running this agent stopped before the run ended."}
-    assert await Event.objects.filter(run_id=run.id, event="agent_error", published_at__isnull=False).aexists()
+    assert await Event.objects.filter(run_id=run.id, event="agent_error", pending__isnull=True).aexists()
 
 
 async def test_its_metrics_show_the_drain_to_a_scrape_with_the_token(

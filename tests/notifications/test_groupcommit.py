@@ -18,7 +18,7 @@ from asgiref.sync import sync_to_async
 from django.db import DataError, OperationalError, connection, transaction
 
 from notifications import groupcommit, services
-from notifications.models import Event, Stream
+from notifications.models import Event, PendingEvent, Stream
 from notifications.services import aevent_record, event_record
 from tests.conftest import ChannelLayers
 from tests.notifications.conftest import member_of
@@ -73,7 +73,7 @@ async def test_concurrent_writes_are_batched_gapless_and_each_writer_in_order(
     stored_ids = await sync_to_async(lambda: set(Event.objects.values_list("id", flat=True)))()
     assert {row.id for row in rows} == stored_ids
     await services.aevents_outcomes_recorded()
-    assert await Event.objects.filter(published_at__isnull=True).acount() == 0
+    assert await Event.objects.filter(pending__isnull=False).acount() == 0
 
 
 def test_batches_of_many_loops_and_single_writes_share_users_without_a_gap_or_deadlock(make_user: Any) -> None:
@@ -232,7 +232,7 @@ async def test_cancelled_callers_lose_and_duplicate_nothing(
     indexes = await sync_to_async(lambda: Counter(Event.objects.values_list("data__i", flat=True)))()
     assert indexes == Counter(range(41))
     await _no_writer_left()
-    assert await Event.objects.filter(published_at__isnull=True).acount() == 0
+    assert await Event.objects.filter(pending__isnull=False).acount() == 0
 
 
 async def test_a_cancelled_caller_returns_only_once_its_event_is_written(
@@ -271,14 +271,14 @@ async def test_a_failed_publish_leaves_exactly_that_batch_pending(
     up = await asyncio.gather(*(record(alice.pk, index) for index in range(20, 30)))
     await services.aconnections_close()
     pending = await sync_to_async(
-        lambda: set(Event.objects.filter(published_at__isnull=True).values_list("id", flat=True))
+        lambda: set(Event.objects.filter(pending__isnull=False).values_list("id", flat=True))
     )()
     assert pending == {row.id for row in down}
-    stored = await sync_to_async(lambda: list(Event.objects.filter(pk__in=pending)))()
+    stored = await sync_to_async(lambda: list(PendingEvent.objects.filter(pk__in=pending)))()
     assert {(row.publish_attempts, bool(row.last_error), row.next_attempt_at is not None) for row in stored} == {
         (1, True, True)
     }
-    assert await Event.objects.filter(pk__in=[row.id for row in up], published_at__isnull=False).acount() == 10
+    assert await Event.objects.filter(pk__in=[row.id for row in up], pending__isnull=True).acount() == 10
 
 
 async def _no_writer_left() -> None:

@@ -13,7 +13,7 @@ from django.db import connection
 
 from notifications import metrics
 from notifications.drain import adrain_batch
-from notifications.models import Event
+from notifications.models import Event, PendingEvent
 from notifications.services import aevent_record, event_record
 from tests.conftest import ChannelLayers, test_database_url
 from tests.scrape import local
@@ -91,7 +91,7 @@ async def test_a_publish_with_redis_stopped_counts_as_failed_and_a_drain_publish
         assert local("agentstream_layer_errors_total", operation="publish") == layer_errors + 1
     finally:
         await sync_to_async(redis.start)()
-    assert await Event.objects.filter(published_at__isnull=True).acount() == 1
+    assert await Event.objects.filter(pending__isnull=False).acount() == 1
 
     pending = await sync_to_async(samples_of)(metrics.PendingCollector())
     assert pending["agentstream_pending_query_ok"] == 1.0
@@ -112,7 +112,7 @@ def test_a_pending_query_that_hangs_is_reported_as_failed_within_its_bound(trans
         pytest.skip("Needs PostgreSQL: a table lock that blocks readers (SQLite readers are not blocked).")
     collector = metrics.PendingCollector(timeout_seconds=0.3)
     with psycopg.connect(test_database_url()) as locker:
-        locker.execute(f"LOCK TABLE {Event._meta.db_table} IN ACCESS EXCLUSIVE MODE")
+        locker.execute(f"LOCK TABLE {PendingEvent._meta.db_table} IN ACCESS EXCLUSIVE MODE")
         started = time.monotonic()
         first = samples_of(collector)
         assert time.monotonic() - started < 1.0

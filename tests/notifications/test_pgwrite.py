@@ -53,7 +53,7 @@ async def test_connections_the_server_ended_are_replaced_without_failing_the_bat
     assert event.seq == 9
     await aevents_outcomes_recorded()
     assert await sync_to_async(seqs)(alice.pk) == list(range(1, 10))
-    assert await Event.objects.filter(published_at__isnull=True).acount() == 0
+    assert await Event.objects.filter(pending__isnull=False).acount() == 0
 
 
 async def test_a_batch_the_server_does_not_answer_fails_in_bound_and_leaves_no_gap(
@@ -96,4 +96,4 @@ async def test_a_batch_whose_reply_was_lost_after_its_commit_is_not_written_twic
     assert sorted(event.seq for event in events) == [2, 3, 4, 5, 6]
     assert await sync_to_async(seqs)(alice.pk) == list(range(1, 7))  # Each once.
     await aevents_outcomes_recorded()
-    assert await Event.objects.filter(published_at__isnull=True).acount() == 0
+    assert await Event.objects.filter(pending__isnull=False).acount() == 0

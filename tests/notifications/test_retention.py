@@ -26,8 +26,7 @@ OLD = timezone.now() - timedelta(days=40)
 def log_of(user: Any, *, old: int, pending_old: tuple[int, ...] = (), new: int = 0) -> None:
     """``old`` events 40 days old (some of them still pending), then ``new`` recent ones."""
     for seq in range(1, old + 1):
-        pending = seq in pending_old
-        make_event(user, seq, created_at=OLD, published_at=None if pending else OLD)
+        make_event(user, seq, created_at=OLD, pending=seq in pending_old)
     for seq in range(old + 1, old + new + 1):
         make_event(user, seq)
 
@@ -101,3 +100,18 @@ async def test_resume_from_before_the_window_replays_what_is_kept_and_says_trunc
         await client.send({"type": "resume", "after": 5})
         assert [event["seq"] for event in await client.events(3)] == [6, 7, 8]
         assert await client.recv() == {"type": "resumed", "after": 5, "last_seq": 8, "count": 3, "truncated": False}
+
+
+def test_a_pending_event_cannot_be_deleted_but_its_user_can(alice: Any, bob: Any) -> None:
+    from django.db import IntegrityError, transaction
+
+    from notifications.models import PendingEvent
+
+    pending = make_event(alice, 1, created_at=OLD, pending=True)
+    make_event(bob, 1, created_at=OLD, pending=True)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Event.objects.filter(pk=pending.pk).delete()  # Its outbox row still names it.
+    assert Event.objects.filter(pk=pending.pk).exists()
+    alice.delete()
+    assert list(PendingEvent.objects.values_list("user_id", flat=True)) == [bob.pk]
+    assert list(Event.objects.values_list("user_id", flat=True)) == [bob.pk]

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from notifications import services
 from notifications.exceptions import InvalidEventData, InvalidEventType
 from notifications.frames import event_frame, event_frame_text
-from notifications.models import Event, EventType, Stream
+from notifications.models import Event, EventType, PendingEvent, Stream
 from notifications.services import aevent_record, event_record, stream_ack
 from tests.conftest import ChannelLayers
 from tests.hostile import (
@@ -60,9 +60,8 @@ async def test_record_publishes_the_frame_to_the_users_group_only(layer: Any, al
     }
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(layer.receive(theirs), timeout=0.2)
-    stored = await Event.objects.aget(pk=event.pk)
-    assert stored.published_at is not None
-    assert stored.publish_attempts == 0
+    assert await Event.objects.filter(pk=event.pk).aexists()
+    assert not await PendingEvent.objects.filter(pk=event.pk).aexists()  # Published: out of the outbox.
 
 
 async def test_seqs_are_per_user_and_gapless(layer: Any, alice: Any, bob: Any) -> None:
@@ -126,7 +125,7 @@ async def test_publish_waits_for_commit_and_a_rollback_publishes_nothing(layer: 
     event = await database_sync_to_async(committed)()
     message = await asyncio.wait_for(layer.receive(channel), timeout=2)
     assert message["seq"] == event.seq == 1  # The rolled-back seq was given back.
-    assert (await Event.objects.aget(pk=event.pk)).published_at is not None
+    assert not await PendingEvent.objects.filter(pk=event.pk).aexists()
 
 
 async def test_failed_publish_leaves_the_event_pending_and_does_not_raise(
@@ -136,8 +135,7 @@ async def test_failed_publish_leaves_the_event_pending_and_does_not_raise(
     with caplog.at_level(logging.WARNING, logger="notifications.services"):
         event = await record(alice.pk)
     await services.aevents_outcomes_recorded()  # The failed attempt is recorded just after the call returns.
-    stored = await Event.objects.aget(pk=event.pk)
-    assert stored.published_at is None
+    stored = await PendingEvent.objects.aget(pk=event.pk)
     assert stored.publish_attempts == 1
     assert "ConnectionError" in stored.last_error
     assert f"Publish failed for 1 event(s) from {event.pk}" in caplog.text
@@ -215,9 +213,9 @@ async def test_concurrent_publishes_are_marked_together(
         marker, name = pgwrite, "aevents_mark_published"
         original_async = pgwrite.aevents_mark_published
 
-        async def counted_async(*, event_ids: list[uuid.UUID], now: Any) -> None:
+        async def counted_async(*, event_ids: list[uuid.UUID]) -> None:
             writes.append(len(event_ids))
-            await original_async(event_ids=event_ids, now=now)
+            await original_async(event_ids=event_ids)
 
         counted: Any = counted_async
     else:
@@ -238,7 +236,7 @@ async def test_concurrent_publishes_are_marked_together(
     await services.aevents_outcomes_recorded()  # Recorded just after the callers return.
     assert sum(writes) == 20  # every event marked, once
     assert len(writes) < 20  # in fewer writes than events
-    assert await Event.objects.filter(published_at__isnull=True).acount() == 0
+    assert await Event.objects.filter(pending__isnull=False).acount() == 0
 
 
 # Properties: whatever an agent hands over, the event is stored as given or refused with the documented error.

@@ -4,6 +4,7 @@ import asyncio
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from notifications import views
 from notifications.models import Event
 from notifications.services import event_record
 from tests.conftest import ChannelLayers
+from tests.notifications.test_admin import make_event
 from tests.servers import free_port
 from tests.wsclient import REFUSED_TOKENS, access_token, retyped_token
 
@@ -143,9 +145,8 @@ def test_bad_event_queries_are_400_with_the_field_named(alice: Any, query: str, 
 
 
 def test_healthz_reports_ok_with_the_pending_backlog(alice: Any, settings: Any) -> None:
-    Event.objects.create(
-        user=alice, seq=1, event="agent_started", run_id=uuid.uuid4(), agent="demo", created_at="2026-01-01T00:00:00Z"
-    )
+    make_event(alice, 1, pending=True, created_at=datetime(2026, 1, 1, tzinfo=UTC))
+    make_event(alice, 2)  # Published: not counted.
     response = api().get("/healthz")
     assert response.status_code == 200
     body = response.json()
