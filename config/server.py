@@ -23,6 +23,7 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 from twisted.internet import defer, reactor
 
+from config.eager_write import eager_writes
 from notifications.admission import retry_reason
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ class GracefulServer(Server):
 
     def listen_success(self, port: Any) -> None:
         self.ports.append(port)  # Kept, so that shutdown can stop accepting first.
+        eager_writes(port)
         super().listen_success(port)
 
     def run(self) -> None:
