@@ -53,7 +53,8 @@ def drop_database(base_url: str) -> None:
 
     parts = urlsplit(base_url)
     with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB}")
+        # FORCE: the connection pool's idle connections outlive ``close_all``.
+        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
 
 
 def fill(*, events: int, users: int) -> None:
@@ -105,8 +106,8 @@ def fill(*, events: int, users: int) -> None:
         )
         cursor.execute(
             """
-            INSERT INTO notifications_stream (user_id, last_seq, acked_seq)
-            SELECT id, %s, %s FROM auth_user WHERE username LIKE 'user%%'
+            INSERT INTO notifications_stream (user_id, last_seq, acked_seq, pruned_seq)
+            SELECT id, %s, %s, 0 FROM auth_user WHERE username LIKE 'user%%'
             """,
             [per_user, max(0, per_user - 3)],
         )
