@@ -362,7 +362,8 @@ def _events_insert(batch: list[EventFields]) -> list[Event]:
 
 
 def _outbox_rows(rows: Sequence[Event]) -> list[PendingEvent]:
-    return [PendingEvent(event=row, user_id=row.user_id, seq=row.seq, created_at=row.created_at) for row in rows]
+    # By id: assigning the event would cache the outbox row on it, stale once it is published.
+    return [PendingEvent(event_id=row.id, user_id=row.user_id, seq=row.seq, created_at=row.created_at) for row in rows]
 
 
 async def _aevents_publish(rows: list[Event]) -> str | None:
