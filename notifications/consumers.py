@@ -40,7 +40,7 @@ from .delivery import Delivery, ResumeRefused
 from .exceptions import AuthenticationFailed, ProtocolError
 from .frames import LayerEventMessage, encode, isoformat_utc
 from .heartbeat import Heartbeats, heartbeats
-from .layers import group_add_many, group_channel_receive, group_discard_many, new_group_channel
+from .layers import dispatch_merged, group_add_many, group_channel_receive, group_discard_many, new_group_channel
 from .protocol import BASE_PARSERS, Ack, Auth, ClientMessage, Parser, Ping, Resume, client_message_parse
 from .ratelimit import TokenBucket
 from .selectors import UserState
@@ -113,7 +113,15 @@ class NotificationConsumer(AsyncWebsocketConsumer):
                 await self._refuse_unavailable(receive)
                 return
             try:
-                await await_many_dispatch([receive, self._layer_receive], self.dispatch)
+                merged = await dispatch_merged(
+                    self.channel_layer,
+                    self.channel_name,
+                    receive=receive,
+                    dispatch=self.dispatch,
+                    undecodable=self._layer_undecodable,
+                )
+                if not merged:  # Layers other than the pub/sub one: channels' own way.
+                    await await_many_dispatch([receive, self._layer_receive], self.dispatch)
             except StopConsumer:
                 pass
         finally:
@@ -132,6 +140,10 @@ class NotificationConsumer(AsyncWebsocketConsumer):
                 logger.warning("Channel layer read failed, retrying in %.1fs: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, LAYER_RETRY_MAX_SECONDS)
+
+    def _layer_undecodable(self, exc: Exception) -> None:
+        metrics.layer_error(operation="receive")
+        logger.warning("Dropped a layer message that does not decode: %s", exc)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Dispatch by type without the base class's per-message thread hop.

@@ -1,9 +1,11 @@
 """Channel layers configured to survive idle periods and connect bursts, and batched publishes and joins."""
 
 import asyncio
+import contextlib
 import hashlib
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from channels_redis.core import RedisChannelLayer
@@ -166,6 +168,67 @@ async def group_channel_receive(layer: Any, channel: str) -> dict[str, Any]:
         raise
     message = layer.deserialize(data)
     return message
+
+
+@dataclass(frozen=True, slots=True)
+class _ReceiveFailed:
+    error: BaseException
+
+
+async def dispatch_merged(
+    layer: Any,
+    channel: str,
+    *,
+    receive: Callable[[], Awaitable[dict[str, Any]]],
+    dispatch: Callable[[dict[str, Any]], Awaitable[None]],
+    undecodable: Callable[[Exception], None],
+) -> bool:
+    """Dispatch a connection's ASGI messages and its channel's layer messages in arrival order, one at a time.
+
+    For a channel ``new_group_channel`` made on the pub/sub layer; returns
+    False at once for any other. channels' ``await_many_dispatch`` makes a
+    task for every message and waits on both inputs again after each: a
+    task, and a wake-up of each, per live event per connection. Here the
+    layer puts each raw message into the channel's queue as it arrives, as it
+    always did, and a task that lives as long as the connection moves ASGI
+    messages into the same queue: one wake-up per message. A layer message
+    that does not decode is handed to ``undecodable`` and skipped. On the way
+    out the channel leaves the layer, and the task is cancelled and awaited.
+    """
+    if not isinstance(layer, RedisPubSubChannelLayer):
+        return False
+    loop_layer = layer._get_layer()
+    inbox = loop_layer.channels.get(channel)
+    if not isinstance(inbox, asyncio.Queue):
+        return False
+
+    async def pump() -> None:
+        try:
+            while True:
+                inbox.put_nowait(await receive())
+        except Exception as exc:  # The server's receive failed: the connection ends with it.
+            inbox.put_nowait(_ReceiveFailed(exc))
+
+    pumping = asyncio.ensure_future(pump())
+    try:
+        while True:
+            item = await inbox.get()
+            if isinstance(item, bytes):
+                try:
+                    message = layer.deserialize(item)
+                except Exception as exc:  # Not one of ours (another deployment on this Redis?).
+                    undecodable(exc)
+                    continue
+            elif isinstance(item, _ReceiveFailed):
+                raise item.error
+            else:
+                message = item
+            await dispatch(message)
+    finally:
+        loop_layer.channels.pop(channel, None)
+        pumping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pumping
 
 
 async def group_discard_many(layer: Any, pairs: Sequence[tuple[str, str]]) -> None:

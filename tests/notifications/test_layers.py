@@ -16,6 +16,7 @@ from redis import asyncio as aioredis
 
 from config.redis_urls import redis_channel_layers
 from notifications.layers import (
+    dispatch_merged,
     group_add_many,
     group_channel_receive,
     group_discard_many,
@@ -222,6 +223,79 @@ async def test_a_cancelled_receive_drops_its_channel_without_waiting_for_the_sha
             with pytest.raises(asyncio.CancelledError):
                 await asyncio.wait_for(receiving, timeout=TIMEOUT_SECONDS)
         assert channel not in layer._get_layer().channels
+    finally:
+        await close(layer)
+
+
+class Stop(Exception):
+    pass
+
+
+async def test_merged_dispatch_takes_both_inputs_in_order_and_skips_what_does_not_decode(
+    shards: list[RedisServer],
+) -> None:
+    layer = layer_for(shards[0].url, "pubsub")
+    asgi: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    seen: list[dict[str, Any]] = []
+    bad: list[Exception] = []
+    second = asyncio.Event()
+
+    async def dispatch(message: dict[str, Any]) -> None:
+        seen.append(message)
+        if message.get("n") == 2:
+            second.set()
+        if message["type"] == "websocket.disconnect":
+            raise Stop
+
+    try:
+        channel = await new_group_channel(layer)
+        await group_add_many(layer, [("g", channel)])
+        serving = asyncio.ensure_future(
+            dispatch_merged(layer, channel, receive=asgi.get, dispatch=dispatch, undecodable=bad.append)
+        )
+        asgi.put_nowait({"type": "websocket.receive", "text": "first"})
+        await layer.group_send("g", {"type": "test.message", "n": 1})
+        client = aioredis.Redis.from_url(shards[0].url)
+        try:  # Bytes on the group's channel that are not a layer message.
+            await client.publish(layer._get_layer()._get_group_channel_name("g"), b"\xc1 not msgpack")
+        finally:
+            await client.aclose()
+        await layer.group_send("g", {"type": "test.message", "n": 2})
+        await asyncio.wait_for(second.wait(), timeout=TIMEOUT_SECONDS)
+        asgi.put_nowait({"type": "websocket.disconnect"})
+        with pytest.raises(Stop):
+            await asyncio.wait_for(serving, timeout=TIMEOUT_SECONDS)
+        assert seen == [
+            {"type": "websocket.receive", "text": "first"},
+            {"type": "test.message", "n": 1},
+            {"type": "test.message", "n": 2},
+            {"type": "websocket.disconnect"},
+        ]
+        assert len(bad) == 1
+        assert channel not in layer._get_layer().channels  # Gone from the layer with the connection.
+    finally:
+        await close(layer)
+
+
+async def test_merged_dispatch_ends_with_the_servers_receive_failing(shards: list[RedisServer]) -> None:
+    layer = layer_for(shards[0].url, "pubsub")
+
+    async def broken() -> dict[str, Any]:
+        raise OSError("the server went away")
+
+    async def dispatch(message: dict[str, Any]) -> None:
+        raise AssertionError(f"nothing to dispatch, got {message}")
+
+    try:
+        channel = await new_group_channel(layer)
+        with pytest.raises(OSError, match="went away"):
+            await asyncio.wait_for(
+                dispatch_merged(layer, channel, receive=broken, dispatch=dispatch, undecodable=lambda exc: None),
+                timeout=TIMEOUT_SECONDS,
+            )
+        assert not await dispatch_merged(
+            InMemoryChannelLayer(), channel, receive=broken, dispatch=dispatch, undecodable=lambda exc: None
+        )
     finally:
         await close(layer)
 
