@@ -10,8 +10,8 @@ Redis is talked to:
    the same user; on SQLite the IMMEDIATE transaction serialises the picks.
    A leased user is left to the drainer holding it until it records the
    batch or the lease ends.
-2. Send, outside any transaction: the batch in (user, seq) order, pipelined
-   in one round trip per Redis server, and recorded as sent or failed whole;
+2. Send, outside any transaction: the batch in (user, seq) order, in one
+   command per Redis server, and recorded as sent or failed whole;
    nothing is sent once the drainer is asked to stop or runs out of time.
 3. Record, in a second short transaction: sent events leave the outbox
    (only those), failed ones count an attempt and back off, and the users'
@@ -164,16 +164,12 @@ def events_claim(
 
 
 def _still_pending(ids: list[uuid.UUID]) -> set[uuid.UUID]:
-    """Which of these events are still in the outbox (on PostgreSQL, the ids as one server-bound array)."""
+    """Which of these events are still in the outbox."""
     if not ids:
         return set()
     if connection.vendor != "postgresql":
         return set(PendingEvent.objects.filter(pk__in=ids).values_list("pk", flat=True))
-    table = connection.ops.quote_name(PendingEvent._meta.db_table)
-    connection.ensure_connection()
-    with connection.connection.cursor() as cursor:
-        cursor.execute(f"SELECT event_id FROM {table} WHERE event_id = ANY(%s::uuid[])", [ids])  # noqa: S608
-        return {row[0] for row in cursor.fetchall()}
+    return {row[0] for row in _outbox_by_ids("SELECT event_id FROM {table}", ids)}
 
 
 def events_record(*, users: list[int], sent: list[uuid.UUID], failed: dict[uuid.UUID, tuple[int, str]]) -> None:
@@ -195,20 +191,25 @@ def events_record(*, users: list[int], sent: list[uuid.UUID], failed: dict[uuid.
 
 
 def _events_mark_sent(ids: list[uuid.UUID]) -> None:
-    """Mark events published: their rows leave the outbox.
-
-    On PostgreSQL the ids go as one array bound by the server: a thousand
-    quoted one by one into the ORM's ``IN (...)`` cost more of the drainer's
-    time than the delete itself.
-    """
+    """Mark events published: their rows leave the outbox."""
     if connection.vendor != "postgresql":
         PendingEvent.objects.filter(pk__in=ids).delete()
         return
+    _outbox_by_ids("DELETE FROM {table}", ids)
+
+
+def _outbox_by_ids(statement: str, ids: list[uuid.UUID]) -> list[tuple[Any, ...]]:
+    """Run ``statement`` (``{table}`` is the outbox) on the rows of ``ids``, on PostgreSQL; return any rows.
+
+    The ids go as one array bound by the server, on psycopg's own cursor of
+    this transaction's connection: a thousand quoted one by one into the
+    ORM's ``IN (...)`` cost more of the drainer's time than the statement.
+    """
     table = connection.ops.quote_name(PendingEvent._meta.db_table)
     connection.ensure_connection()
-    # psycopg's own cursor (server-side binding) on the connection of this transaction.
     with connection.connection.cursor() as cursor:
-        cursor.execute(f"DELETE FROM {table} WHERE event_id = ANY(%s::uuid[])", [ids])  # noqa: S608
+        cursor.execute(statement.format(table=table) + " WHERE event_id = ANY(%s::uuid[])", [ids])
+        return cursor.fetchall() if cursor.description is not None else []
 
 
 async def adrain_batch(

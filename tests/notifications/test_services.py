@@ -307,3 +307,21 @@ def test_any_event_is_stored_as_given_or_refused(carol: Any, event: Any, agent: 
         live, replayed = sendable(event_frame(record)), sendable(event_frame(stored))
         assert as_json(json.loads(live)) == as_json(json.loads(replayed))
         transaction.set_rollback(True)
+
+
+async def test_a_returned_event_does_not_say_it_is_pending_once_it_is_published(layer: Any, alice: Any) -> None:
+    event = await record(alice.pk)
+    await services.aevents_outcomes_recorded()
+    assert not await PendingEvent.objects.filter(pk=event.pk).aexists()
+    assert await sync_to_async(lambda: event.outbox)() is None  # No outbox row cached on it from its writing.
+
+
+async def test_a_synchronously_recorded_event_does_not_say_it_is_pending_once_it_is_published(
+    transactional_db: None, redis_layer: Any, alice: Any
+) -> None:
+    def recorded() -> Event:
+        return event_record(user_id=alice.pk, event="agent_started", run_id=uuid.uuid4(), agent="demo", data={})
+
+    event = await sync_to_async(recorded)()
+    assert not await PendingEvent.objects.filter(pk=event.pk).aexists()
+    assert await sync_to_async(lambda: event.outbox)() is None
