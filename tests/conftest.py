@@ -28,7 +28,7 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from config.redis_urls import redis_channel_layers
-from notifications import pgwrite
+from notifications import pgwrite, services
 from tests.servers import (
     ROOT,
     DaphneServer,
@@ -41,6 +41,8 @@ from tests.servers import (
 )
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# A run's last batch records its publish outcome just after its callers return.
+OUTCOMES_WAIT_SECONDS = 2.0
 
 
 def unavailable(message: str) -> NoReturn:
@@ -92,11 +94,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 async def no_task_leaks() -> AsyncIterator[None]:
     """Fail the test if it leaves asyncio tasks running on its loop.
 
-    Also closes the loop's event-writer connections and the database
-    connection of the thread that runs its ORM calls, so the test database
-    can be dropped at the end.
+    First it waits (bounded) for the publish outcomes still being recorded,
+    as the server does at shutdown: a run's last batch records its outcome
+    just after its callers return. Then it closes the loop's event-writer
+    connections and the database connection of the thread that runs its ORM
+    calls, so the test database can be dropped at the end.
     """
     yield
+    await services.aevents_outcomes_recorded(timeout_seconds=OUTCOMES_WAIT_SECONDS)
     await pgwrite.aclose()
     await sync_to_async(connections.close_all)()
     await asyncio.sleep(0)
