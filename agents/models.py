@@ -1,10 +1,10 @@
 """Agent runs: what a user started, and how it ended."""
 
-import uuid
-
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+
+from notifications.ids import uuid7
 
 
 class RunStatus(models.TextChoices):
@@ -20,7 +20,7 @@ ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
 
 
 class AgentRun(models.Model):
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agent_runs")
     agent = models.CharField(max_length=100)
     input = models.JSONField(default=dict)

@@ -1,10 +1,10 @@
 """The durable per-user event log."""
 
-import uuid
-
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+
+from .ids import uuid7
 
 
 class EventType(models.TextChoices):
@@ -53,7 +53,7 @@ class Stream(models.Model):
 class Event(models.Model):
     """One lifecycle event of one user's agent run. Append-only: publishing it touches only ``PendingEvent``."""
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="events")
     seq = models.PositiveBigIntegerField()
     event = models.CharField(max_length=32, choices=EventType.choices)
