@@ -3,12 +3,17 @@
 Each event loop has one ``GroupWriter``. A caller queues its (already
 validated) event and waits; a writer task takes everything queued, writes it in
 one transaction (every user's seqs in one statement, every row in one
-insert), publishes the batch in one round trip, hands each caller its row,
-and then records the outcome (published, or a failed attempt), while the
-next batch is written. Whatever queues meanwhile is the next
-batch, so under load a batch grows to what one round of the database takes,
-and alone an event is written at once: there is no waiting window. A few
-batches are in flight at once (``BATCHES_IN_FLIGHT``).
+insert), publishes the batch in one round trip, and hands each caller its
+row. Whatever queues meanwhile is the next batch, so under load a batch
+grows to what one round of the database takes, and alone an event is
+written at once: there is no waiting window. A few batches are in flight at
+once (``BATCHES_IN_FLIGHT``).
+
+A published batch's outcome (its rows leave the outbox) is written by the
+next batch's own transaction, in the same statement as its events: under
+load, recording "published" costs no round trip and no commit of its own.
+With nothing queued to carry it, the batch records it at once, on its own.
+A failed publish is recorded at once too (an attempt that backs off).
 
 The writer is a task of its own, so a caller that is cancelled while it
 waits cancels nothing: its event is still written and published with the
@@ -58,7 +63,7 @@ class EventFields:
     data: dict[str, Any]
 
 
-WriteBatch = Callable[[list[EventFields]], Awaitable[list[Event | Exception]]]
+WriteBatch = Callable[[list[EventFields], list[uuid.UUID]], Awaitable[list[Event | Exception]]]
 PublishBatch = Callable[[list[Event]], Awaitable[str | None]]
 RecordOutcome = Callable[[list[Event], str | None], Awaitable[None]]
 
@@ -73,13 +78,14 @@ class _Queued:
 class GroupWriter:
     """Write queued events in batches, publish each batch, and resolve each caller with its row.
 
-    ``write`` commits a batch and returns, in the same order, each event's
-    row or the exception that kept it out (or raises, having written
-    nothing); ``publish`` sends the committed rows and returns None or why
-    the send failed (it never raises for a layer failure); ``record_outcome``
-    then writes that outcome (published, or an attempt that failed). Callers are
-    resolved between the two: the outcome is bookkeeping, and a batch
-    recording it no longer holds them, while the next batch is written.
+    ``write(fields, published)`` commits a batch and returns, in the same
+    order, each event's row or the exception that kept it out (or raises,
+    having written nothing); in the same transaction it marks published the
+    events of earlier batches that ``published`` names. ``publish`` sends the
+    committed rows and returns None or why the send failed (it never raises
+    for a layer failure). ``record_outcome`` writes an outcome on its own:
+    a failed publish, or published rows that no queued batch will carry.
+    Callers are resolved before any of it: the outcome is bookkeeping.
     """
 
     write: WriteBatch
@@ -90,6 +96,8 @@ class GroupWriter:
     tasks: "set[asyncio.Task[None]]" = field(default_factory=set)
     # One future per batch recording its outcome (its callers already returned), done when it is recorded.
     recording: "set[asyncio.Future[None]]" = field(default_factory=set)
+    # Published batches whose outcome the next write carries, each with its ``recording`` future.
+    published: "list[_Published]" = field(default_factory=list)
 
     async def record(self, fields: EventFields) -> Event:
         """Queue one event; return its row once it is committed and published (or its publish failed)."""
@@ -115,15 +123,22 @@ class GroupWriter:
             await self._batch(batch)
 
     async def _batch(self, batch: list[_Queued]) -> None:
+        marks, self.published = self.published, []
         try:
-            results = await self.write([queued.fields for queued in batch])
+            results = await self.write(
+                [queued.fields for queued in batch], [row.id for mark in marks for row in mark.rows]
+            )
         except BaseException as exc:
-            # Nothing of the batch was written: each caller gets the error.
+            # Nothing of the batch was written, nor its marks: each caller gets the error.
             for queued in batch:
                 _settle(queued.done, exc)
             if not isinstance(exc, Exception):
+                _recorded(marks)  # Cancelled at shutdown: they stay pending, sent again by the drainer.
                 raise
+            self.published[:0] = marks  # Carried by the next write, or recorded below.
+            await self._record_published_unless_queued()
             return
+        _recorded(marks)
         rows = [result for result in results if isinstance(result, Event)]
         try:
             reason = await self.publish(rows) if rows else None
@@ -134,15 +149,43 @@ class GroupWriter:
         finally:
             for queued, result in zip(batch, results, strict=True):
                 _settle(queued.done, result)
-        if rows:
-            recorded = asyncio.get_running_loop().create_future()
-            self.recording.add(recorded)
-            try:
-                # Not recorded (this task cancelled at shutdown, say): they stay pending, sent again by the drainer.
-                await self.record_outcome(rows, reason)
-            finally:
-                self.recording.discard(recorded)
-                recorded.set_result(None)
+        if rows and reason is None:
+            self.published.append(self._recording(rows))
+        elif rows:
+            await self._record([self._recording(rows)], reason)
+        await self._record_published_unless_queued()
+
+    async def _record_published_unless_queued(self) -> None:
+        """With no batch queued to carry them, record the published batches' outcome in one statement now."""
+        if self.queue or not self.published:
+            return  # This task's next batch carries them (it takes the queue before anything else can run).
+        marks, self.published = self.published, []
+        await self._record(marks, None)
+
+    def _recording(self, rows: list[Event]) -> "_Published":
+        recorded = asyncio.get_running_loop().create_future()
+        self.recording.add(recorded)
+        recorded.add_done_callback(self.recording.discard)
+        return _Published(rows, recorded)
+
+    async def _record(self, marks: "list[_Published]", reason: str | None) -> None:
+        try:
+            # Not recorded (this task cancelled at shutdown, say): they stay pending, sent again by the drainer.
+            await self.record_outcome([row for mark in marks for row in mark.rows], reason)
+        finally:
+            _recorded(marks)
+
+
+@dataclass(slots=True)
+class _Published:
+    rows: list[Event]
+    recorded: "asyncio.Future[None]"
+
+
+def _recorded(marks: "list[_Published]") -> None:
+    for mark in marks:
+        if not mark.recorded.done():
+            mark.recorded.set_result(None)
 
 
 def _settle(done: "asyncio.Future[Event]", result: Event | BaseException) -> None:

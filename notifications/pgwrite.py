@@ -11,9 +11,10 @@ no thread:
   batch in flight), made on first use and reused;
 - a batch is one statement in its own transaction (autocommit), so one
   round trip: it locks the users' stream rows in user order, advances
-  them, and inserts every row with its seq. Each ``execute`` of psycopg's
-  async connection costs about 65 µs of CPU, more than the statement's
-  share of most batches, so a batch makes one;
+  them, inserts every row with its seq (and its outbox row), and deletes
+  the outbox rows of the batches published before it. Each ``execute`` of
+  psycopg's async connection costs about 65 µs of CPU, more than the
+  statement's share of most batches, so a batch makes one;
 - statements are prepared on their fifth use (``DB_PREPARED_STATEMENTS``).
 
 A user with no stream row yet gets no seq, which the table refuses
@@ -51,6 +52,7 @@ from psycopg.pq import TransactionStatus
 from config.postgresql.base import outage
 
 from .groupcommit import BATCHES_IN_FLIGHT, EventFields
+from .ids import uuid7
 from .models import Event, PendingEvent, Stream
 
 logger = logging.getLogger(__name__)
@@ -70,9 +72,12 @@ _PENDING = PendingEvent._meta.db_table
 # deadlocking) before ``advanced`` touches any: it updates only rows it finds there. Each row's seq is
 # its user's old end + its place among that user's rows in the batch (``k``, 1-based, in the order
 # they were asked for); a user with no stream row gets NULL, which the NOT NULL ``seq`` refuses.
-# Every row goes into the outbox with it, in the same statement.
+# Every row goes into the outbox with it, in the same statement, and earlier batches' published rows
+# (``published``) leave it: recording "published" costs the writer no round trip and no commit of its own.
 _INSERT = f"""
-WITH locked AS MATERIALIZED (
+WITH sent AS (
+    DELETE FROM "{_PENDING}" WHERE event_id = ANY(%(published)s::uuid[])
+), locked AS MATERIALIZED (
     SELECT user_id FROM "{_STREAMS}" WHERE user_id = ANY(%(users)s::bigint[]) ORDER BY user_id FOR UPDATE
 ), advanced AS (
     UPDATE "{_STREAMS}" AS s SET last_seq = s.last_seq + c.n
@@ -109,14 +114,18 @@ class _Stale(Exception):
     """A reused connection broke under a statement: the server had ended it, or went away meanwhile."""
 
 
-async def aevents_insert(batch: Sequence[EventFields], *, now: datetime) -> list[Event]:
+async def aevents_insert(
+    batch: Sequence[EventFields], *, now: datetime, published: Sequence[uuid.UUID] = ()
+) -> list[Event]:
     """Write a batch in one transaction: each row with its user's next seq, in the batch's order per user.
 
-    All or nothing: raises Django's ``DatabaseError`` (or a subclass), having
-    committed nothing, or returns every row.
+    The same transaction marks the ``published`` events published (earlier
+    batches'). All or nothing: raises Django's ``DatabaseError`` (or a
+    subclass), having committed nothing, or returns every row.
     """
-    ids = [uuid.uuid4() for _ in batch]
+    ids = [uuid7() for _ in batch]
     params = _insert_params(batch, ids=ids, now=now)
+    params["published"] = list(published)
     stale_retried = streams_made = False
     while True:
         try:

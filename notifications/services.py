@@ -295,14 +295,15 @@ def _text_storable(text: str) -> bool:
     return True
 
 
-async def _aevents_write(batch: list[EventFields]) -> list[Event | Exception]:
-    """Write a batch in one transaction, in order; return each event's row, or why it was not written.
+async def _aevents_write(batch: list[EventFields], published: list[uuid.UUID]) -> list[Event | Exception]:
+    """Write a batch in one transaction, in order, marking ``published`` with it; return each event's row, or why not.
 
-    If the database refuses the batch (rather than being unreachable), each
-    event is written alone, so that one it refuses fails only its own caller.
+    If the database refuses the batch (rather than being unreachable), the
+    marks are recorded on their own and each event is written alone, so that
+    one it refuses fails only its own caller.
     """
     try:
-        results: list[Event | Exception] = list(await _aevents_insert(batch))
+        results: list[Event | Exception] = list(await _aevents_insert(batch, published))
     except DATABASE_UNAVAILABLE:
         metrics.database_error(operation="record")
         raise
@@ -310,37 +311,41 @@ async def _aevents_write(batch: list[EventFields]) -> list[Event | Exception]:
         if len(batch) == 1:
             raise
         logger.warning("The database refused a batch of %d events; writing them one by one", len(batch), exc_info=True)
+        await _arecord_published(event_ids=published)
         results = []
         for fields in batch:
             try:
-                results.extend(await _aevents_insert([fields]))
+                results.extend(await _aevents_insert([fields], []))
             except Exception as exc:  # This event's own failure, for its caller.
                 results.append(exc)
     metrics.events_recorded(sum(1 for result in results if isinstance(result, Event)))
     return results
 
 
-async def _aevents_insert(batch: list[EventFields]) -> list[Event]:
-    """Write a whole batch in one transaction, or nothing (and raise).
+async def _aevents_insert(batch: list[EventFields], published: list[uuid.UUID]) -> list[Event]:
+    """Write a whole batch in one transaction, and mark ``published`` in it; or nothing (and raise).
 
     On PostgreSQL on the event loop's own connections (``pgwrite``: no
-    thread, two round trips); elsewhere through the ORM in the thread pool.
+    thread, one round trip); elsewhere through the ORM in the thread pool.
     """
     if connection.vendor == "postgresql":
-        return await pgwrite.aevents_insert(batch, now=timezone.now())
-    rows: list[Event] = await adb_write(_events_insert)(batch)
+        return await pgwrite.aevents_insert(batch, now=timezone.now(), published=published)
+    rows: list[Event] = await adb_write(_events_insert)(batch, published)
     return rows
 
 
-def _events_insert(batch: list[EventFields]) -> list[Event]:
+def _events_insert(batch: list[EventFields], published: list[uuid.UUID]) -> list[Event]:
     """The ORM's batch (SQLite): one IMMEDIATE transaction, which holds the database's write lock.
 
-    Each user's stream advances by their count in one statement (made first
-    if it is the user's first event); then one multi-row insert.
+    Earlier batches' ``published`` events leave the outbox; each user's
+    stream advances by their count in one statement (made first if it is the
+    user's first event); then one multi-row insert.
     """
     counts = Counter(fields.user_id for fields in batch)
     now = timezone.now()
     with transaction.atomic():
+        if published:
+            _events_mark_published(event_ids=published)
         last = {user_id: head - counts[user_id] for user_id, head in _streams_advance(counts).items()}
         rows = []
         for fields in batch:
@@ -374,17 +379,23 @@ async def _aevents_publish(rows: list[Event]) -> str | None:
 async def _aevents_record_outcome(rows: list[Event], reason: str | None) -> None:
     """Record a batch's publish in one statement: published, or a failed attempt that backs off."""
     ids = [row.id for row in rows]
-    on_postgresql = connection.vendor == "postgresql"
     if reason is None:
-        if on_postgresql:
-            await _amark(pgwrite.aevents_mark_published, event_ids=ids)
-        else:
-            await _amark(_events_mark_published, event_ids=ids)
-    elif on_postgresql:
+        await _arecord_published(event_ids=ids)
+    elif connection.vendor == "postgresql":
         next_attempt_at = timezone.now() + timedelta(seconds=publish_backoff_seconds(1))
         await _amark(pgwrite.aevents_mark_failed, event_ids=ids, reason=reason, next_attempt_at=next_attempt_at)
     else:
         await _amark(_events_mark_failed, event_ids=ids, attempts=1, reason=reason)
+
+
+async def _arecord_published(*, event_ids: list[uuid.UUID]) -> None:
+    """Mark sent events published in one statement (a failure is logged: they stay pending)."""
+    if not event_ids:
+        return
+    if connection.vendor == "postgresql":
+        await _amark(pgwrite.aevents_mark_published, event_ids=event_ids)
+    else:
+        await _amark(_events_mark_published, event_ids=event_ids)
 
 
 def _event_write(*, user_id: int, event: str, run_id: uuid.UUID | str, agent: str, data: dict[str, Any]) -> Event:

@@ -258,11 +258,11 @@ async def test_a_run_cancelled_while_its_event_is_being_written_records_its_end_
     insert = services._aevents_insert
     held, release = asyncio.Event(), asyncio.Event()
 
-    async def thought_held(batch: list[Any]) -> list[Event]:
+    async def thought_held(batch: list[Any], published: list[Any]) -> list[Event]:
         if any(fields.event == "agent_thinking" for fields in batch) and not release.is_set():
             held.set()
             await asyncio.wait_for(release.wait(), timeout=10)
-        return await insert(batch)
+        return await insert(batch, published)
 
     monkeypatch.setattr(services, "_aevents_insert", thought_held)
     run = await arun_start(user_id=alice.pk, agent="demo", input={"steps": 1, "delay": 0})

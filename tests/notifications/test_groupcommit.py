@@ -49,9 +49,9 @@ async def test_concurrent_writes_are_batched_gapless_and_each_writer_in_order(
     batches: list[int] = []
     insert = services._aevents_insert
 
-    async def counted(batch: list[Any]) -> list[Event]:
+    async def counted(batch: list[Any], published: list[Any]) -> list[Event]:
         batches.append(len(batch))
-        return await insert(batch)
+        return await insert(batch, published)
 
     async def sequential(user_id: int) -> list[Event]:
         return [await record(user_id, 1000 + index) for index in range(20)]
@@ -134,9 +134,9 @@ def commits_fail(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[bool], N
     """
     insert = services._events_insert
 
-    def failing_commit(batch: list[Any]) -> list[Event]:
+    def failing_commit(batch: list[Any], published: list[Any]) -> list[Event]:
         with transaction.atomic():
-            insert(batch)
+            insert(batch, published)
             raise OperationalError("server closed the connection unexpectedly")
 
     def fail(on: bool) -> None:
@@ -185,10 +185,10 @@ async def test_an_event_the_database_refuses_fails_only_its_own_caller(
 ) -> None:
     insert = services._aevents_insert
 
-    async def refuses_13(batch: list[Any]) -> list[Event]:
+    async def refuses_13(batch: list[Any], published: list[Any]) -> list[Event]:
         if any(fields.data["i"] == 13 for fields in batch):
             raise DataError("value out of range")
-        return await insert(batch)
+        return await insert(batch, published)
 
     monkeypatch.setattr(services, "_aevents_insert", refuses_13)
     results = await asyncio.gather(*(record(alice.pk, index) for index in range(30)), return_exceptions=True)
@@ -205,10 +205,10 @@ async def test_cancelled_callers_lose_and_duplicate_nothing(
     insert = services._aevents_insert
     entered, release = asyncio.Event(), asyncio.Event()
 
-    async def held(batch: list[Any]) -> list[Event]:
+    async def held(batch: list[Any], published: list[Any]) -> list[Event]:
         entered.set()
         await asyncio.wait_for(release.wait(), timeout=10)  # Released below, once callers are cancelled.
-        return await insert(batch)
+        return await insert(batch, published)
 
     monkeypatch.setattr(services, "_aevents_insert", held)
     first = asyncio.ensure_future(record(alice.pk, 0))  # Its batch is held before the database.
@@ -242,10 +242,10 @@ async def test_a_cancelled_caller_returns_only_once_its_event_is_written(
     insert = services._aevents_insert
     entered, release = asyncio.Event(), asyncio.Event()
 
-    async def held(batch: list[Any]) -> list[Event]:
+    async def held(batch: list[Any], published: list[Any]) -> list[Event]:
         entered.set()
         await asyncio.wait_for(release.wait(), timeout=10)
-        return await insert(batch)
+        return await insert(batch, published)
 
     monkeypatch.setattr(services, "_aevents_insert", held)
     caller = asyncio.ensure_future(record(alice.pk, 0))
@@ -281,13 +281,87 @@ async def test_a_failed_publish_leaves_exactly_that_batch_pending(
     assert await Event.objects.filter(pk__in=[row.id for row in up], pending__isnull=True).acount() == 10
 
 
-async def _no_writer_left() -> None:
-    """Wait (bounded) for the writer's tasks: a cancelled caller's event is still being written after it returns."""
-    writer = groupcommit.group_writer(
+async def test_a_published_batch_leaves_the_outbox_in_the_next_batchs_statement(
+    layer: Any, alice: Any, bob: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load "published" costs no statement of its own; the last batch, with nothing behind it, records its own."""
+    insert, record_outcome = services._aevents_insert, services._aevents_record_outcome
+    carried: list[list[uuid.UUID]] = []
+    alone: list[list[uuid.UUID]] = []
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def watched(batch: list[Any], published: list[uuid.UUID]) -> list[Event]:
+        carried.append(list(published))
+        if not entered.is_set():
+            entered.set()
+            await asyncio.wait_for(release.wait(), timeout=10)  # The second batch queues meanwhile.
+        return await insert(batch, published)
+
+    async def recorded_alone(rows: list[Event], reason: str | None) -> None:
+        alone.append([row.id for row in rows])
+        await record_outcome(rows, reason)
+
+    monkeypatch.setattr(services, "_aevents_insert", watched)
+    monkeypatch.setattr(services, "_aevents_record_outcome", recorded_alone)
+    monkeypatch.setattr(_writer(), "batches_in_flight", 1)  # So the second batch waits for the first.
+    first = asyncio.ensure_future(record(alice.pk, 0))
+    await asyncio.wait_for(entered.wait(), timeout=5)
+    second = [asyncio.ensure_future(record((alice if index % 2 else bob).pk, index)) for index in range(1, 11)]
+    await asyncio.sleep(0)
+    release.set()
+    rows = await asyncio.gather(first, *second)
+    await _no_writer_left()
+    await services.aevents_outcomes_recorded()
+
+    assert carried == [[], [rows[0].id]]  # The second batch's statement took the first batch out of the outbox.
+    assert alone == [[row.id for row in rows[1:]]]  # Nothing queued behind the second: recorded on its own.
+    assert await PendingEvent.objects.acount() == 0
+
+
+async def test_marks_a_failed_write_carried_are_recorded_all_the_same(
+    layer: Any, alice: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failed statement rolled the marks back with it: the outbox must not keep published events."""
+    insert = services._aevents_insert
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def second_fails(batch: list[Any], published: list[uuid.UUID]) -> list[Event]:
+        if not entered.is_set():
+            entered.set()
+            await asyncio.wait_for(release.wait(), timeout=10)
+            return await insert(batch, published)
+        assert published  # It carries the first batch's marks, and then fails.
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(services, "_aevents_insert", second_fails)
+    monkeypatch.setattr(_writer(), "batches_in_flight", 1)
+    first = asyncio.ensure_future(record(alice.pk, 0))
+    await asyncio.wait_for(entered.wait(), timeout=5)
+    second = [asyncio.ensure_future(record(alice.pk, index)) for index in range(1, 6)]
+    await asyncio.sleep(0)
+    release.set()
+    written = await first
+    failed = await asyncio.gather(*second, return_exceptions=True)
+    await _no_writer_left()
+    await services.aevents_outcomes_recorded()
+
+    assert [type(result) for result in failed] == [OperationalError] * 5
+    assert [index for _, index in await sync_to_async(logged)(alice.pk)] == [0]
+    assert not await PendingEvent.objects.filter(pk=written.id).aexists()
+
+
+def _writer() -> groupcommit.GroupWriter:
+    """The running loop's writer, as ``aevent_record`` gets it."""
+    return groupcommit.group_writer(
         write=services._aevents_write,
         publish=services._aevents_publish,
         record_outcome=services._aevents_record_outcome,
     )
+
+
+async def _no_writer_left() -> None:
+    """Wait (bounded) for the writer's tasks: a cancelled caller's event is still being written after it returns."""
+    writer = _writer()
     if writer.tasks:
         await asyncio.wait_for(asyncio.gather(*writer.tasks), timeout=5)
     assert not writer.tasks and not writer.queue
