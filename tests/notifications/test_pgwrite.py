@@ -14,11 +14,17 @@ import psycopg
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import OperationalError, connection
+from django.utils import timezone
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
-from notifications import pgwrite
+from notifications import pgwrite, services
+from notifications.exceptions import InvalidEventData
+from notifications.groupcommit import EventFields
 from notifications.models import Event
 from notifications.services import aevent_record, aevents_outcomes_recorded
 from tests.conftest import test_database_url
+from tests.notifications.test_services import as_json, event_data
 
 pytestmark = pytest.mark.skipif(connection.vendor != "postgresql", reason="the PostgreSQL writer's own connections")
 
@@ -97,3 +103,30 @@ async def test_a_batch_whose_reply_was_lost_after_its_commit_is_not_written_twic
     assert await sync_to_async(seqs)(alice.pk) == list(range(1, 7))  # Each once.
     await aevents_outcomes_recorded()
     assert await Event.objects.filter(pending__isnull=False).acount() == 0
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(datas=st.lists(event_data, min_size=1, max_size=4))
+def test_the_batch_statement_stores_any_valid_data_as_given(alice: Any, datas: list[Any]) -> None:
+    """A batch crosses to PostgreSQL as one JSON text; each event's data reads back as it was given."""
+    run_id = uuid.UUID(int=7)
+    valid = []
+    for data in datas:
+        try:
+            services._event_validate(event="agent_thinking", run_id=run_id, agent="demo", data=data)
+        except InvalidEventData:
+            continue
+        valid.append(data)
+    assume(valid)
+    batch = [EventFields(user_id=alice.pk, event="agent_thinking", run_id=run_id, agent="demo", data=d) for d in valid]
+
+    async def write() -> list[Event]:
+        try:
+            return await pgwrite.aevents_insert(batch, now=timezone.now())
+        finally:
+            await pgwrite.aclose()
+
+    rows = asyncio.run(write())
+    stored = dict(Event.objects.filter(pk__in=[row.id for row in rows]).values_list("id", "data"))
+    assert [as_json(stored[row.id]) for row in rows] == [as_json(data) for data in valid]
+    assert [as_json(row.data) for row in rows] == [as_json(data) for data in valid]  # What the callers got.
