@@ -502,6 +502,11 @@ DRAIN_MAX_ATTEMPTS = env_int("DRAIN_MAX_ATTEMPTS", 10)
 DRAIN_BACKOFF_BASE_SECONDS = env_float("DRAIN_BACKOFF_BASE_SECONDS", 1.0)
 DRAIN_BACKOFF_MAX_SECONDS = env_float("DRAIN_BACKOFF_MAX_SECONDS", 300.0)
 DRAIN_SHUTDOWN_SECONDS = env_float("DRAIN_SHUTDOWN_SECONDS", 5.0)
+# The group writer: a published batch's outbox rows wait this long for the next batch's statement
+# to delete them, then are deleted on their own. Far below DRAIN_MIN_AGE_SECONDS; no caller waits for it.
+EVENT_OUTBOX_MARK_WAIT_MS = env_float("EVENT_OUTBOX_MARK_WAIT_MS", 5.0)
+if not 0 <= EVENT_OUTBOX_MARK_WAIT_MS <= 60_000:
+    raise ImproperlyConfigured("EVENT_OUTBOX_MARK_WAIT_MS must be between 0 and 60000.")
 # Sync callables (dotted paths) the drainer runs every DRAIN_HOOK_SECONDS, such as reaping lost runs
 # and the runs of dead workers.
 DRAIN_HOOKS = env_list(

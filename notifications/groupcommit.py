@@ -12,8 +12,12 @@ once (``BATCHES_IN_FLIGHT``).
 A published batch's outcome (its rows leave the outbox) is written by the
 next batch's own transaction, in the same statement as its events: under
 load, recording "published" costs no round trip and no commit of its own.
-With nothing queued to carry it, the batch records it at once, on its own.
-A failed publish is recorded at once too (an attempt that backs off).
+With nothing queued to carry it, the batch's task waits up to
+``mark_wait_seconds`` for a caller to queue one (callers it just answered
+often write again at once), then records it on its own. Nobody waits for
+that: the callers have their rows, an event queued meanwhile wakes the task
+at once, and the drainer leaves rows this young alone. A failed publish is
+recorded at once (an attempt that backs off).
 
 The writer is a task of its own, so a caller that is cancelled while it
 waits cancels nothing: its event is still written and published with the
@@ -92,18 +96,24 @@ class GroupWriter:
     publish: PublishBatch
     record_outcome: RecordOutcome
     batches_in_flight: int = BATCHES_IN_FLIGHT
+    # How long published marks wait for a batch to carry them before they are written on their own.
+    mark_wait_seconds: float = 0.0
     queue: list[_Queued] = field(default_factory=list)
     tasks: "set[asyncio.Task[None]]" = field(default_factory=set)
     # One future per batch recording its outcome (its callers already returned), done when it is recorded.
     recording: "set[asyncio.Future[None]]" = field(default_factory=set)
     # Published batches whose outcome the next write carries, each with its ``recording`` future.
     published: "list[_Published]" = field(default_factory=list)
+    # Set when an event is queued or the marks are wanted now; a task waiting with marks wakes on it.
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    flushing: bool = False
 
     async def record(self, fields: EventFields) -> Event:
         """Queue one event; return its row once it is committed and published (or its publish failed)."""
         loop = asyncio.get_running_loop()
         queued = _Queued(fields, loop.create_future())
         self.queue.append(queued)
+        self.wake.set()
         if len(self.tasks) < self.batches_in_flight:
             task = loop.create_task(self._run(), name="event-group-writer")
             self.tasks.add(task)
@@ -155,8 +165,20 @@ class GroupWriter:
             await self._record([self._recording(rows)], reason)
         await self._record_published_unless_queued()
 
+    def flush_marks(self) -> None:
+        """Have tasks waiting with published marks write them now (shutdown: they are not to wait)."""
+        self.flushing = True
+        self.wake.set()
+
     async def _record_published_unless_queued(self) -> None:
-        """With no batch queued to carry them, record the published batches' outcome in one statement now."""
+        """Unless a batch is queued (or is queued within ``mark_wait_seconds``) to carry them, record the marks now."""
+        if not self.queue and self.published and not self.flushing:
+            self.wake.clear()
+            try:
+                async with asyncio.timeout(self.mark_wait_seconds):
+                    await self.wake.wait()
+            except TimeoutError:
+                pass  # Nothing came to carry them.
         if self.queue or not self.published:
             return  # This task's next batch carries them (it takes the queue before anything else can run).
         marks, self.published = self.published, []
@@ -204,10 +226,14 @@ def _settle(done: "asyncio.Future[Event]", result: Event | BaseException) -> Non
 _writers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupWriter]" = weakref.WeakKeyDictionary()
 
 
-def group_writer(*, write: WriteBatch, publish: PublishBatch, record_outcome: RecordOutcome) -> GroupWriter:
+def group_writer(
+    *, write: WriteBatch, publish: PublishBatch, record_outcome: RecordOutcome, mark_wait_seconds: float = 0.0
+) -> GroupWriter:
     """The running loop's writer (made on first use)."""
     loop = asyncio.get_running_loop()
     writer = _writers.get(loop)
     if writer is None:
-        writer = _writers[loop] = GroupWriter(write=write, publish=publish, record_outcome=record_outcome)
+        writer = _writers[loop] = GroupWriter(
+            write=write, publish=publish, record_outcome=record_outcome, mark_wait_seconds=mark_wait_seconds
+        )
     return writer

@@ -28,7 +28,7 @@ from django.utils import timezone
 from . import metrics, pgwrite
 from .exceptions import DATABASE_UNAVAILABLE, InvalidEventData, InvalidEventType, InvalidJson
 from .frames import LayerEventMessage, LoggedEvent, event_frame_text
-from .groupcommit import EventFields, group_writer
+from .groupcommit import EventFields, GroupWriter, group_writer
 from .jsonlimits import json_encoded_size
 from .layers import pubsub_publish_many
 from .models import Event, EventType, PendingEvent, Stream
@@ -84,8 +84,9 @@ async def aevent_record(
     after the call returns: ``aevents_outcomes_recorded`` waits for it.
     """
     run_uuid = _event_validate(event=event, run_id=run_id, agent=agent, data=data)
-    writer = group_writer(write=_aevents_write, publish=_aevents_publish, record_outcome=_aevents_record_outcome)
-    return await writer.record(EventFields(user_id=int(user_id), event=event, run_id=run_uuid, agent=agent, data=data))
+    return await _group_writer().record(
+        EventFields(user_id=int(user_id), event=event, run_id=run_uuid, agent=agent, data=data)
+    )
 
 
 async def aevents_outcomes_recorded(*, timeout_seconds: float = 5.0) -> None:
@@ -94,10 +95,24 @@ async def aevents_outcomes_recorded(*, timeout_seconds: float = 5.0) -> None:
     Raises ``TimeoutError`` past ``timeout_seconds``; events whose outcome is
     not recorded stay pending, and the drainer sends them again.
     """
-    writer = group_writer(write=_aevents_write, publish=_aevents_publish, record_outcome=_aevents_record_outcome)
+    writer = _group_writer()
     if writer.recording:
-        async with asyncio.timeout(timeout_seconds):
-            await asyncio.wait(set(writer.recording))
+        writer.flush_marks()
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                await asyncio.wait(set(writer.recording))
+        finally:
+            writer.flushing = False
+
+
+def _group_writer() -> GroupWriter:
+    """The running loop's group writer, for ``aevent_record``."""
+    return group_writer(
+        write=_aevents_write,
+        publish=_aevents_publish,
+        record_outcome=_aevents_record_outcome,
+        mark_wait_seconds=settings.EVENT_OUTBOX_MARK_WAIT_MS / 1000,
+    )
 
 
 async def aevents_record_if(

@@ -318,6 +318,30 @@ async def test_a_published_batch_leaves_the_outbox_in_the_next_batchs_statement(
     assert await PendingEvent.objects.acount() == 0
 
 
+async def test_marks_waiting_for_a_batch_ride_the_next_one_and_never_hold_a_caller_or_a_shutdown(
+    layer: Any, alice: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Marks wait (here: for ever) for a batch to carry them; an event queued meanwhile is written at once."""
+    settings.EVENT_OUTBOX_MARK_WAIT_MS = 60_000  # Far longer than any bound below: nothing here waits it out.
+    insert = services._aevents_insert
+    carried: list[list[uuid.UUID]] = []
+
+    async def watched(batch: list[Any], published: list[uuid.UUID]) -> list[Event]:
+        carried.append(list(published))
+        return await insert(batch, published)
+
+    monkeypatch.setattr(services, "_aevents_insert", watched)
+    first = await asyncio.wait_for(record(alice.pk, 0), timeout=5)  # The caller does not wait for its marks.
+    assert await PendingEvent.objects.filter(pk=first.id).aexists()  # Its outbox row waits for the next batch.
+    second = await asyncio.wait_for(record(alice.pk, 1), timeout=5)  # It wakes the waiting task.
+    assert carried == [[], [first.id]]
+    assert not await PendingEvent.objects.filter(pk=first.id).aexists()
+
+    await asyncio.wait_for(services.aevents_outcomes_recorded(), timeout=5)  # Shutdown does not wait it out.
+    assert not await PendingEvent.objects.filter(pk=second.id).aexists()
+    await _no_writer_left()
+
+
 async def test_marks_a_failed_write_carried_are_recorded_all_the_same(
     layer: Any, alice: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
