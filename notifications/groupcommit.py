@@ -165,10 +165,20 @@ class GroupWriter:
             await self._record([self._recording(rows)], reason)
         await self._record_published_unless_queued()
 
-    def flush_marks(self) -> None:
-        """Have tasks waiting with published marks write them now (shutdown: they are not to wait)."""
-        self.flushing = True
+    async def outcomes_recorded(self, *, timeout_seconds: float) -> None:
+        """Wait until the outcomes being recorded now are written; marks waiting for a batch are written at once.
+
+        Raises ``TimeoutError`` past ``timeout_seconds``.
+        """
+        if not self.recording:
+            return
+        self.flushing = True  # Tasks waiting with marks stop waiting (shutdown is not to wait for them).
         self.wake.set()
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                await asyncio.wait(set(self.recording))
+        finally:
+            self.flushing = False
 
     async def _record_published_unless_queued(self) -> None:
         """Unless a batch is queued (or is queued within ``mark_wait_seconds``) to carry them, record the marks now."""

@@ -95,14 +95,7 @@ async def aevents_outcomes_recorded(*, timeout_seconds: float = 5.0) -> None:
     Raises ``TimeoutError`` past ``timeout_seconds``; events whose outcome is
     not recorded stay pending, and the drainer sends them again.
     """
-    writer = _group_writer()
-    if writer.recording:
-        writer.flush_marks()
-        try:
-            async with asyncio.timeout(timeout_seconds):
-                await asyncio.wait(set(writer.recording))
-        finally:
-            writer.flushing = False
+    await _group_writer().outcomes_recorded(timeout_seconds=timeout_seconds)
 
 
 def _group_writer() -> GroupWriter:
